@@ -1,0 +1,35 @@
+"""course_utils: the companion package of the course.
+
+    from course_utils import fashion_mnist_loaders, lenet, fit
+    train, val, test = fashion_mnist_loaders()
+    history = fit(lenet(), train, val, epochs=5, lr=0.9)
+    history.plot()
+
+Modules, one idea each: data (datasets, splits, the on-device loader), models, training (fit,
+evaluate, predict, History), callbacks, plots, environment (devices, seeds), notebooks (running
+the course headless) and cli (the `course` command).
+"""
+
+from .callbacks import (Callback, Checkpoint, EarlyStopping, GradientClipping, LivePlot,
+                        LRScheduler, one_cycle)
+from .data import (FASHION_MNIST_CLASSES, DatasetError, FashionMNIST, Standardize, TensorLoader,
+                   fashion_mnist_loaders, load_fashion_mnist, make_moons,
+                   make_polynomial_regression, make_spirals, normalization_stats, train_val_split)
+from .environment import environment_report, get_device, print_environment_report, seed_everything
+from .models import count_parameters, lenet, mlp
+from .plots import (compare_histories, plot_class_balance, plot_confusion_matrix,
+                    plot_decision_boundary, plot_history, show_images)
+from .training import History, NonFiniteLossWarning, accuracy, evaluate, fit, predict
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Callback", "Checkpoint", "EarlyStopping", "GradientClipping", "LivePlot", "LRScheduler",
+    "one_cycle", "FASHION_MNIST_CLASSES", "DatasetError", "FashionMNIST", "Standardize",
+    "TensorLoader", "fashion_mnist_loaders", "load_fashion_mnist", "make_moons",
+    "make_polynomial_regression", "make_spirals", "normalization_stats", "train_val_split",
+    "environment_report", "get_device", "print_environment_report", "seed_everything",
+    "count_parameters", "lenet", "mlp", "compare_histories", "plot_class_balance",
+    "plot_confusion_matrix", "plot_decision_boundary", "plot_history", "show_images", "History",
+    "NonFiniteLossWarning", "accuracy", "evaluate", "fit", "predict",
+]

@@ -1,0 +1,129 @@
+"""The `course` command: doctor, data, run, lab.
+
+    course doctor              is everything in place? (exit 0 only when the course can run)
+    course data                find, verify or fetch Fashion-MNIST
+    course run [NOTEBOOK ...]  execute notebooks headless, write HTML into build/, print times
+    course lab                 open JupyterLab on the course
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+MIN_PYTHON = (3, 10)
+
+
+def cmd_doctor(args) -> int:
+    problems = []
+    print("course doctor\n")
+    if sys.version_info < MIN_PYTHON:
+        problems.append(f"Python {sys.version.split()[0]} is too old: the course needs 3.10 or newer.")
+    try:
+        from .environment import environment_report
+        report = environment_report()
+    except ImportError as err:
+        print(f"cannot import the course's dependencies: {err}")
+        print("Fix: make setup   (or: pip install -e .)")
+        return 1
+    width = max(map(len, report))
+    for key, value in report.items():
+        print(f"  {key:>{width}} : {value}")
+    print()
+    from .data import DatasetError, load_fashion_mnist
+    try:
+        data = load_fashion_mnist(download=False)
+        print(f"  Fashion-MNIST verified: {len(data.train_images)} training and "
+              f"{len(data.test_images)} test images in {data.folder}")
+    except DatasetError as err:
+        problems.append(str(err))
+    try:
+        import ipykernel  # noqa: F401
+        import jupyterlab  # noqa: F401
+        import nbclient  # noqa: F401
+    except ImportError as err:
+        problems.append(f"Jupyter is missing ({err}). Fix: make setup   (or: pip install -e .)")
+    if problems:
+        print("\nProblems:")
+        for p in problems:
+            print("  - " + p.replace("\n", "\n    "))
+        return 1
+    print("\nAll good: the course can run.")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data import DatasetError, copy_to_cache, find_fashion_mnist, load_fashion_mnist
+    try:
+        data = load_fashion_mnist(args.dir, download=not args.no_download)
+    except DatasetError as err:
+        print(err, file=sys.stderr)
+        return 1
+    if args.copy_to_cache:
+        target = copy_to_cache(find_fashion_mnist(args.dir))
+        print(f"copied into {target}")
+    print(f"Fashion-MNIST ready in {data.folder}: {len(data.train_images)} training and "
+          f"{len(data.test_images)} test images, checksums verified.")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .notebooks import course_notebooks, run_notebooks
+    paths = [Path(p) for p in args.notebooks] or course_notebooks()
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        print(f"No such notebook: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
+    if not paths:
+        print("No notebooks found in notebooks/.", file=sys.stderr)
+        return 2
+    results = run_notebooks(paths, Path(args.output), timeout=args.timeout)
+    failed = [r for r in results if r.status != "ok"]
+    print(f"\nHTML copies in {Path(args.output).resolve()}")
+    if failed:
+        print(f"{len(failed)} notebook(s) failed: {', '.join(r.notebook.name for r in failed)}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_lab(args) -> int:
+    from .notebooks import REPO_ROOT
+    command = [sys.executable, "-m", "jupyterlab", f"--notebook-dir={REPO_ROOT}"] + args.extra
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in command:
+        command.append("--allow-root")
+    return subprocess.call(command)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="course", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("doctor", help="check versions, device and dataset").set_defaults(func=cmd_doctor)
+
+    data = sub.add_parser("data", help="find, verify or download Fashion-MNIST")
+    data.add_argument("--dir", default=None, help="a folder to look in first (and download into)")
+    data.add_argument("--no-download", action="store_true", help="fail rather than download")
+    data.add_argument("--copy-to-cache", action="store_true",
+                      help="copy the verified files into the user cache")
+    data.set_defaults(func=cmd_data)
+
+    run = sub.add_parser("run", help="execute notebooks headless and write HTML")
+    run.add_argument("notebooks", nargs="*", help="notebooks to run (default: all lessons)")
+    run.add_argument("-o", "--output", default="build", help="folder for the HTML (default: build)")
+    run.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell")
+    run.set_defaults(func=cmd_run)
+
+    lab = sub.add_parser("lab", help="open JupyterLab on the course")
+    lab.add_argument("extra", nargs=argparse.REMAINDER, help="options passed to jupyter lab")
+    lab.set_defaults(func=cmd_lab)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Run course notebooks headless (nbclient) and write an HTML copy of each (`course run`)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+@dataclass
+class NotebookResult:
+    notebook: Path
+    status: str          # "ok" or "failed"
+    seconds: float
+    html: Path | None
+    error: str | None = None
+
+
+def course_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The lesson notebooks in order (their names start with the lesson number)."""
+    return sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_notebook(path: Path, output_dir: Path, timeout: int = 900) -> NotebookResult:
+    """Execute one notebook in its own folder with a fresh kernel; save it as HTML even on failure."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+    from nbconvert import HTMLExporter
+
+    path = Path(path).resolve()
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    os.environ["COURSE_HEADLESS"] = "1"  # the kernel inherits it: live plots draw once, at the end
+    started = time.perf_counter()
+    error = None
+    try:
+        client.execute()
+    except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
+        error = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    seconds = time.perf_counter() - started
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    html = Path(output_dir) / (path.stem + ".html")
+    write_atomic(html, body)
+    return NotebookResult(path, "failed" if error else "ok", seconds, html, error)
+
+
+def run_notebooks(paths, output_dir: Path, timeout: int = 900, echo=print) -> list[NotebookResult]:
+    """Run each notebook, print a table of status and seconds, and return the results."""
+    results = []
+    for path in paths:
+        echo(f"running {Path(path).name} ...", flush=True)
+        result = run_notebook(Path(path), Path(output_dir), timeout)
+        echo(f"  {result.status} in {result.seconds:.1f} s" + (f": {result.error}" if result.error else ""),
+             flush=True)
+        results.append(result)
+    echo("")
+    echo(format_table(results))
+    return results
+
+
+def format_table(results) -> str:
+    width = max([len("notebook")] + [len(r.notebook.name) for r in results])
+    lines = [f"{'notebook':<{width}}  status   seconds", f"{'-' * width}  ------  --------"]
+    for r in results:
+        lines.append(f"{r.notebook.name:<{width}}  {r.status:<6}  {r.seconds:8.1f}")
+    total = sum(r.seconds for r in results)
+    lines.append(f"{'total':<{width}}  {'':<6}  {total:8.1f}")
+    return "\n".join(lines)
