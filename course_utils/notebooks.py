@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -54,13 +55,29 @@ def run_notebook(path: Path, output_dir: Path, timeout: int = 900) -> NotebookRe
     error = None
     try:
         client.execute()
-    except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
-        error = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    except CellExecutionError as err:
+        error = _describe_failure(nb, err)
+    except (CellTimeoutError, DeadKernelError) as err:
+        error = f"{type(err).__name__}: {_strip_ansi(str(err)).strip().splitlines()[-1]}"
     seconds = time.perf_counter() - started
     body, _ = HTMLExporter().from_notebook_node(nb)
     html = Path(output_dir) / (path.stem + ".html")
     write_atomic(html, body)
     return NotebookResult(path, "failed" if error else "ok", seconds, html, error)
+
+
+def _strip_ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def _describe_failure(nb, err) -> str:
+    """'cell 12 (# Check: ...): AssertionError: message', short enough for the table."""
+    for number, cell in enumerate(nb.cells, start=1):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                first_line = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
+                return f"cell {number} ({first_line[:60]}): {output['ename']}: {_strip_ansi(output['evalue'])[:300]}"
+    return f"{err.ename}: {_strip_ansi(err.evalue)}"
 
 
 def run_notebooks(paths, output_dir: Path, timeout: int = 900, echo=print) -> list[NotebookResult]:

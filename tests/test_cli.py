@@ -1,0 +1,81 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_utils import cli
+from course_utils.notebooks import course_notebooks
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_doctor_passes_when_the_course_can_run(capsys):
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "Fashion-MNIST verified: 60000 training" in out and "All good" in out
+
+
+def test_doctor_fails_and_explains_without_the_dataset(no_dataset_anywhere, capsys):
+    assert cli.main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "Problems:" in out and "apt-get install -y dataset-fashion-mnist" in out
+
+
+def test_data_command(capsys, dataset_copy, no_dataset_anywhere):
+    assert cli.main(["data", "--no-download"]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert cli.main(["data", "--dir", str(dataset_copy), "--no-download"]) == 0
+    assert "checksums verified" in capsys.readouterr().out
+
+
+def _notebook(path, *sources):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_run_writes_html_and_a_table_and_fails_on_errors(tmp_path, capsys):
+    good = _notebook(tmp_path / "01_good.ipynb", "x = 6 * 7", "print('answer', x)")
+    bad = _notebook(tmp_path / "02_bad.ipynb", "assert 1 + 1 == 3, 'arithmetic is broken'")
+    out = tmp_path / "build"
+    code = cli.main(["run", str(good), str(bad), "-o", str(out)])
+    printed = capsys.readouterr()
+    assert code == 1
+    assert "01_good.ipynb  ok" in printed.out and "02_bad.ipynb   failed" in printed.out
+    assert "arithmetic is broken" in printed.out
+    assert sorted(p.name for p in out.iterdir()) == ["01_good.html", "02_bad.html"]
+    assert "answer 42" in (out / "01_good.html").read_text()
+    assert cli.main(["run", str(good), "-o", str(out)]) == 0
+
+
+def test_run_rejects_a_missing_notebook(capsys):
+    assert cli.main(["run", "no_such.ipynb"]) == 2
+    assert "No such notebook" in capsys.readouterr().err
+
+
+def test_course_notebooks_are_found_in_order():
+    names = [p.name for p in course_notebooks()]
+    assert names and names == sorted(names) and names[0].startswith("00_")
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "course_utils.cli", "--help"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "doctor" in result.stdout and "run" in result.stdout
+
+
+def test_benchmark_smoke_run_prints_its_json_line():
+    """A tiny run of the benchmark: its output format, not its speed (that is measured, not tested)."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_training.py"), "--epochs", "1",
+         "--limit", "1024", "--workers", "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(record) >= {"baseline_ex_per_s", "course_ex_per_s", "ratio", "baseline_test_acc",
+                           "course_test_acc"}
+    assert record["ratio"] == pytest.approx(record["course_ex_per_s"] / record["baseline_ex_per_s"], rel=0.01)
