@@ -49,7 +49,8 @@ def run_notebook(path: Path, output_dir: Path, timeout: int = 900) -> NotebookRe
     path = Path(path).resolve()
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+                            resources={"metadata": {"path": str(path.parent)}},
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no start-up chatter
     os.environ["COURSE_HEADLESS"] = "1"  # the kernel inherits it: live plots draw once, at the end
     started = time.perf_counter()
     error = None
