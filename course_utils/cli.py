@@ -1,9 +1,12 @@
-"""The `course` command: doctor, data, run, lab.
+"""The `course` command: doctor, data, run, lab, exercises, grade.
 
     course doctor              is everything in place? (exit 0 only when the course can run)
     course data                find, verify or fetch Fashion-MNIST
     course run [NOTEBOOK ...]  execute notebooks headless, write HTML into build/, print times
     course lab                 open JupyterLab on the course
+    course exercises build     regenerate exercises/ from solutions/ (otter assign)
+    course exercises check     fail if an exercise is stale or contains solution code
+    course grade SUBMISSION... grade handed-in notebooks offline: gradebook.csv and feedback
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 MIN_PYTHON = (3, 10)
@@ -90,6 +94,44 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_exercises(args) -> int:
+    from .grading import GradingError, build_exercises, check_exercises
+    try:
+        if args.action == "build":
+            for path in build_exercises(run_tests=not args.no_run_tests):
+                print(f"wrote {path}")
+            return 0
+        problems = check_exercises()
+    except GradingError as err:
+        print(err, file=sys.stderr)
+        return 1
+    if problems:
+        print("Exercise problems:", *problems, sep="\n  - ", file=sys.stderr)
+        return 1
+    print("Exercises are up to date with solutions/ and contain no solution code.")
+    return 0
+
+
+def cmd_grade(args) -> int:
+    from .grading import GradingError, grade
+    started = time.perf_counter()
+    try:
+        results = grade(args.submissions, args.output, timeout=args.timeout,
+                        memory_gb=args.memory_gb, assignment=args.assignment)
+    except GradingError as err:
+        print(err, file=sys.stderr)
+        return 1
+    seconds = time.perf_counter() - started
+    counts = {s: sum(r.status == s for r in results) for s in ("graded", "timeout", "invalid", "error")}
+    provisional = sum(r.provisional for r in results)
+    print(f"\n{len(results)} submission(s) in {seconds:.1f} s: " +
+          ", ".join(f"{n} {s}" for s, n in counts.items() if n) +
+          (f"; {provisional} provisional (flagged for review)" if provisional else ""))
+    print(f"gradebook: {Path(args.output).resolve() / 'gradebook.csv'}")
+    print(f"feedback:  {Path(args.output).resolve() / 'feedback'}/")
+    return 0
+
+
 def cmd_lab(args) -> int:
     from .notebooks import REPO_ROOT
     command = [sys.executable, "-m", "jupyterlab", f"--notebook-dir={REPO_ROOT}"] + args.extra
@@ -116,6 +158,21 @@ def main(argv=None) -> int:
     run.add_argument("-o", "--output", default="build", help="folder for the HTML (default: build)")
     run.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell")
     run.set_defaults(func=cmd_run)
+
+    exercises = sub.add_parser("exercises", help="build exercises/ from solutions/, or check them")
+    exercises.add_argument("action", choices=["build", "check"])
+    exercises.add_argument("--no-run-tests", action="store_true",
+                           help="build without running each solution against its tests")
+    exercises.set_defaults(func=cmd_exercises)
+
+    grade = sub.add_parser("grade", help="grade handed-in notebooks offline, each in a sandbox")
+    grade.add_argument("submissions", nargs="+", help="notebooks, or folders of notebooks")
+    grade.add_argument("-o", "--output", default="grades", help="folder for gradebook.csv and feedback/")
+    grade.add_argument("--timeout", type=float, default=600, help="seconds per submission (default 600)")
+    grade.add_argument("--memory-gb", type=float, default=8, help="memory limit per submission (default 8)")
+    grade.add_argument("--assignment", default=None,
+                       help="assignment name, when a submission lost its metadata")
+    grade.set_defaults(func=cmd_grade)
 
     lab = sub.add_parser("lab", help="open JupyterLab on the course")
     lab.add_argument("extra", nargs=argparse.REMAINDER, help="options passed to jupyter lab")

@@ -1,0 +1,272 @@
+"""Homework: exercises generated from solutions, and a grader that hostile submissions cannot break.
+
+One batch of submissions, honest and hostile, is graded once for the module (as an instructor
+would, with `course grade`); each test then reads its row of the gradebook.
+"""
+import copy
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from course_utils import cli
+from course_utils.grading import (EXERCISES_DIR, SOLUTIONS_DIR, GradingError, build_autograder,
+                                  check_exercises, find_solution_leaks, grade)
+
+SOLUTION = SOLUTIONS_DIR / "00_setup_and_tour.ipynb"
+TIMEOUT = 40  # seconds per submission in these tests (the default is 10 minutes)
+
+ANSWERS = {
+    "q1": "def iterations_per_epoch(n_samples, batch_size, drop_last=False):\n"
+          "    return n_samples // batch_size if drop_last else math.ceil(n_samples / batch_size)",
+    "q2": "def standardize(train_images, other_images):\n"
+          "    a, b = train_images.float() / 255, other_images.float() / 255\n"
+          "    return (a - a.mean()) / a.std(), (b - a.mean()) / a.std()",
+    "q3_wrong": "def train_one_epoch(model, loader, optimizer):\n"
+                "    return [0.5 for _ in loader]",
+    "q2_wrong": "def standardize(train_images, other_images):\n"
+                "    a, b = train_images.float() / 255, other_images.float() / 255\n"
+                "    return (a - a.mean()) / a.std(), (b - b.mean()) / b.std()  # leaks",
+}
+STARTS = {"q1": "def iterations_per_epoch", "q2": "def standardize", "q3": "def train_one_epoch",
+          "q4": "spiral_x, spiral_y"}
+
+
+def exercise():
+    return json.loads((EXERCISES_DIR / "00_setup_and_tour.ipynb").read_text())
+
+
+def answered(**answers):
+    """The exercise with some answer cells filled in (question -> source)."""
+    nb = exercise()
+    for question, source in answers.items():
+        start = STARTS[question.split("_")[0]]
+        cell = next(c for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).startswith(start))
+        cell["source"] = source
+    return nb
+
+
+def with_cell(nb, source, position=None):
+    nb = copy.deepcopy(nb)
+    cell = {"cell_type": "code", "metadata": {}, "source": source, "outputs": [], "execution_count": None,
+            "id": f"extra-{len(nb['cells'])}"}
+    nb["cells"].insert(len(nb["cells"]) if position is None else position, cell)
+    return nb
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grading")
+    subs = root / "submissions"
+    subs.mkdir()
+    out = root / "grades"
+    grader = build_autograder(SOLUTION)
+    q1 = answered(q1=ANSWERS["q1"])
+    notebooks = {
+        "solution": grader.filled_notebook,
+        "untouched": exercise(),
+        "syntax_error": answered(q1=ANSWERS["q1"], q2="def standardize(train_images, other_images)\n    return 1"),
+        "deleted_checks": {**q1, "cells": [c for c in q1["cells"] if "grader.check" not in "".join(c["source"])]},
+        "edited_checks": q1,  # filled below: public tests in its metadata rewritten to pass anything
+        "reads_hidden_tests": with_cell(exercise(), f"""
+import glob, os, sys
+found = []
+for path in [{str(SOLUTION)!r}, {str(SOLUTIONS_DIR)!r}]:
+    try:
+        found.append(open(path).read()[:100] if os.path.isfile(path) else os.listdir(path))
+    except Exception as err:
+        found.append(repr(err))
+found.append(glob.glob('/tmp/**/q1.py', recursive=True) + glob.glob('**/*.zip', recursive=True))
+found.append(sys.stdin.read())
+print(found)"""),
+        "forges_torch": with_cell(answered(q2=ANSWERS["q2_wrong"], q3=ANSWERS["q3_wrong"]), """
+import torch
+torch.equal = lambda *a, **k: True
+torch.allclose = lambda *a, **k: True
+torch.testing.assert_close = lambda *a, **k: None"""),
+        "forges_checker": with_cell(answered(q2=ANSWERS["q2_wrong"]), """
+import otter.test_files.exception_test as et
+from otter.test_files import abstract_test
+et.ExceptionTestFile.run = lambda self, env: None
+abstract_test.TestFile.score = property(lambda self: 100)
+print('{"token": "0", "questions": {}, "cell_errors": [], "replaced": [], "blocked": [], "suspicious": []}')"""),
+        "writes_outside": with_cell(q1, f"""
+import os
+for target in ['/tmp/course-grading-escape.txt', {str(subs / 'solution.ipynb')!r}, {str(out / 'gradebook.csv')!r}]:
+    try:
+        with open(target, 'w') as f:
+            f.write('pwned')
+    except Exception as err:
+        print(err)
+try:
+    os.remove({str(subs / 'untouched.ipynb')!r})
+except Exception as err:
+    print(err)"""),
+        "huge_output": with_cell(q1, "for i in range(10**7):\n    print('spam ' * 40)"),
+        "network": with_cell(q1, "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=2)"),
+        "memory_bomb": with_cell(q1, "hog = bytearray(64 * 2**30)"),
+    }
+    notebooks["edited_checks"] = copy.deepcopy(q1)
+    for question in notebooks["edited_checks"]["metadata"]["otter"]["tests"]:
+        notebooks["edited_checks"]["metadata"]["otter"]["tests"][question] = "OK_FORMAT = False\nname = 'x'\npoints = 99\n"
+    for name, nb in notebooks.items():
+        (subs / f"{name}.ipynb").write_text(json.dumps(nb))
+    (subs / "not_json.ipynb").write_text("this is { not a notebook")
+    before = {p.name: p.read_bytes() for p in subs.iterdir()}
+    results = grade([subs], out, timeout=TIMEOUT, memory_gb=8)
+    rows = {row["student"]: row for row in csv.DictReader((out / "gradebook.csv").open())}
+    return {"results": {r.student: r for r in results}, "rows": rows, "out": out, "subs": subs,
+            "before": before}
+
+
+def _score(batch, name):
+    return float(batch["rows"][name]["total"])
+
+
+def test_every_submission_has_one_row(batch):
+    assert len(batch["rows"]) == 13
+    assert set(batch["rows"]["solution"]) == {"student", "assignment", "q1", "q2", "q3", "q4", "total",
+                                              "possible", "status", "provisional", "notes"}
+
+
+def test_the_solution_scores_full_marks(batch):
+    row = batch["rows"]["solution"]
+    assert (row["total"], row["possible"], row["status"], row["provisional"]) == ("10", "10", "graded", "no")
+
+
+def test_the_untouched_exercise_scores_zero_without_error(batch):
+    row = batch["rows"]["untouched"]
+    assert (row["total"], row["status"], row["provisional"]) == ("0", "graded", "no")
+
+
+def test_syntax_error_costs_only_its_question(batch):
+    row = batch["rows"]["syntax_error"]
+    assert row["status"] == "graded" and row["q1"] == "2" and row["q2"] == "0"
+    assert row["provisional"] == "no"
+    assert "SyntaxError" in row["notes"]
+
+
+def test_infinite_loop_is_stopped_by_the_time_limit(tmp_path):
+    (tmp_path / "loop.ipynb").write_text(json.dumps(with_cell(answered(q1=ANSWERS["q1"]), "while True:\n    pass")))
+    [result] = grade([tmp_path / "loop.ipynb"], tmp_path / "out", timeout=15)
+    assert result.status == "timeout" and result.total == 0
+    assert "time limit of 15 s" in " ".join(result.notes) and result.seconds < 25
+
+
+def test_a_file_that_is_not_a_notebook_is_invalid(batch):
+    row = batch["rows"]["not_json"]
+    assert row["status"] == "invalid" and "not a valid Jupyter notebook" in row["notes"]
+
+
+def test_deleting_or_editing_the_checks_changes_nothing(batch):
+    for name in ("deleted_checks", "edited_checks"):
+        row = batch["rows"][name]
+        assert row["status"] == "graded" and row["q1"] == "2" and row["total"] == "2", name
+
+
+def test_reading_the_hidden_tests_and_solutions_is_refused_and_flagged(batch):
+    row = batch["rows"]["reads_hidden_tests"]
+    assert row["total"] == "0" and row["provisional"] == "yes"
+    assert "reading" in row["notes"] and "instructor's files" in row["notes"]
+
+
+def test_forging_torch_comparisons_does_not_pay(batch):
+    row = batch["rows"]["forges_torch"]
+    # q2 and q3 pass only their public tests (which need no comparison function)
+    assert row["q2"] == "1" and row["q3"] == "1.5"
+    assert row["provisional"] == "yes" and "torch.allclose" in row["notes"]
+
+
+def test_monkeypatching_the_checker_does_not_pay(batch):
+    row = batch["rows"]["forges_checker"]
+    assert row["status"] == "graded" and float(row["total"]) <= 1 and row["provisional"] == "yes"
+    assert "ExceptionTestFile.run" in row["notes"]
+
+
+def test_writes_outside_the_sandbox_are_refused(batch):
+    row = batch["rows"]["writes_outside"]
+    assert row["q1"] == "2" and row["provisional"] == "yes" and "outside the submission" in row["notes"]
+    assert not Path("/tmp/course-grading-escape.txt").exists()
+    after = {p.name: p.read_bytes() for p in batch["subs"].iterdir()}
+    assert after == batch["before"]  # no submission changed another (or itself)
+    assert batch["rows"]["solution"]["total"] == "10"
+
+
+def test_huge_output_is_capped_and_grading_goes_on(batch):
+    row = batch["rows"]["huge_output"]
+    assert row["status"] == "graded" and row["q1"] == "2" and "File too large" in row["notes"]
+
+
+def test_network_and_memory_bombs_fail_inside_the_sandbox(batch):
+    assert batch["rows"]["network"]["q1"] == "2" and "network" in batch["rows"]["network"]["notes"]
+    row = batch["rows"]["memory_bomb"]
+    assert row["status"] == "graded" and row["q1"] == "2" and "MemoryError" in row["notes"]
+
+
+def test_feedback_explains_each_question_without_revealing_hidden_tests(batch):
+    text = (batch["out"] / "feedback" / "syntax_error.md").read_text()
+    assert "Score: 2 / 10 (graded)" in text and "## q2: 0 / 2" in text
+    assert "- hidden test: failed" in text and "drop_last=True) == 3" not in text
+    assert "Questions graded by your instructor: q5." in text
+    assert "provisional" in (batch["out"] / "feedback" / "forges_torch.md").read_text()
+
+
+def test_outputs_are_complete_files(batch):
+    names = sorted(p.name for p in (batch["out"] / "feedback").iterdir())
+    assert len(names) == 13 and not [n for n in names if n.startswith(".")]
+    assert [p.name for p in batch["out"].iterdir() if p.name.startswith(".")] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercises stay in step with solutions and never contain them
+# ---------------------------------------------------------------------------------------------
+
+def test_exercises_are_current_and_leak_nothing():
+    assert check_exercises() == []
+
+
+def test_a_stale_or_leaking_exercise_is_reported(tmp_path):
+    solutions, exercises = tmp_path / "solutions", tmp_path / "exercises"
+    solutions.mkdir()
+    exercises.mkdir()
+    shutil.copy(SOLUTION, solutions)
+    nb = exercise()
+    cell = next(c for c in nb["cells"] if "".join(c["source"]).startswith("def standardize"))
+    cell["source"] = "def standardize(train_images, other_images):\n    train = train_images.float() / 255\n    ..."
+    (exercises / SOLUTION.name).write_text(json.dumps(nb))
+    problems = check_exercises(solutions, exercises)
+    assert any("stale" in p and "course exercises build" in p for p in problems)
+    assert any("train = train_images.float() / 255" in p for p in problems)
+
+
+def test_a_solution_marker_in_a_code_cell_is_refused(tmp_path):
+    """otter would ship the whole solution to students without a warning; we refuse to build."""
+    nb = json.loads(SOLUTION.read_text())
+    index = next(i for i, c in enumerate(nb["cells"])
+                 if c["cell_type"] == "raw" and "".join(c["source"]).strip() == "# BEGIN SOLUTION")
+    nb["cells"][index] = {"cell_type": "code", "metadata": {}, "source": "# BEGIN SOLUTION",
+                          "outputs": [], "execution_count": None, "id": "oops"}
+    broken = tmp_path / SOLUTION.name
+    broken.write_text(json.dumps(nb))
+    with pytest.raises(GradingError, match=r"code cell starting with '# BEGIN SOLUTION'; make it a raw cell"):
+        build_autograder(broken)
+
+
+def test_leak_finder_sees_answer_lines_and_hidden_tests():
+    solution_nb = json.loads(SOLUTION.read_text())
+    assert find_solution_leaks(solution_nb, exercise()) == []
+    leaky = exercise()
+    leaky["metadata"]["otter"]["tests"]["q1"] += "\n@test_case(points=None, hidden=True)\n"
+    assert any("hidden tests" in p for p in find_solution_leaks(solution_nb, leaky))
+
+
+def test_grade_command_end_to_end(tmp_path, capsys):
+    sub = tmp_path / "subs"
+    sub.mkdir()
+    (sub / "dana.ipynb").write_text(json.dumps(answered(q1=ANSWERS["q1"], q2=ANSWERS["q2"])))
+    assert cli.main(["grade", str(sub), "-o", str(tmp_path / "g"), "--timeout", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "dana" in out and "4/10" in out and "1 graded" in out
+    assert (tmp_path / "g" / "gradebook.csv").exists() and (tmp_path / "g" / "feedback" / "dana.md").exists()
