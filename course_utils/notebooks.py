@@ -39,12 +39,43 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def widget_assets() -> Path | None:
+    """The locally installed widget renderer (put into the venv by scripts/setup.sh), if any."""
+    import sys
+
+    for folder in (os.environ.get("COURSE_WIDGET_ASSETS"), Path(sys.prefix) / "share" / "course-widgets"):
+        if folder and (Path(folder) / "html-manager" / "embed-amd.js").is_file() \
+                and (Path(folder) / "require.js").is_file():
+            return Path(folder)
+    return None
+
+
+def html_exporter(output_dir: Path):
+    """nbconvert's HTML exporter; with the local widget renderer copied beside the pages, so the
+    saved widget state shows without internet. Without it, the renderer comes from a CDN."""
+    import shutil
+
+    from nbconvert import HTMLExporter
+
+    assets = widget_assets()
+    if assets is None:
+        return HTMLExporter()
+    static = Path(output_dir) / "_static"
+    if not (static / "html-manager" / "embed-amd.js").is_file():
+        tmp = Path(tempfile.mkdtemp(dir=output_dir, prefix=".static-"))
+        shutil.copytree(assets, tmp / "_static")
+        shutil.rmtree(static, ignore_errors=True)
+        os.replace(tmp / "_static", static)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return HTMLExporter(require_js_url="_static/require.js",
+                        widget_renderer_url="_static/html-manager/embed-amd.js")
+
+
 def run_notebook(path: Path, output_dir: Path, timeout: int = 900) -> NotebookResult:
     """Execute one notebook in its own folder with a fresh kernel; save it as HTML even on failure."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
-    from nbconvert import HTMLExporter
 
     path = Path(path).resolve()
     nb = nbformat.read(path, as_version=4)
@@ -52,6 +83,7 @@ def run_notebook(path: Path, output_dir: Path, timeout: int = 900) -> NotebookRe
                             resources={"metadata": {"path": str(path.parent)}},
                             extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no start-up chatter
     os.environ["COURSE_HEADLESS"] = "1"  # the kernel inherits it: live plots draw once, at the end
+    os.environ.pop("MPLBACKEND", None)   # a kernel must keep Jupyter's inline backend to show figures
     started = time.perf_counter()
     error = None
     try:
@@ -61,7 +93,8 @@ def run_notebook(path: Path, output_dir: Path, timeout: int = 900) -> NotebookRe
     except (CellTimeoutError, DeadKernelError) as err:
         error = f"{type(err).__name__}: {_strip_ansi(str(err)).strip().splitlines()[-1]}"
     seconds = time.perf_counter() - started
-    body, _ = HTMLExporter().from_notebook_node(nb)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    body, _ = html_exporter(output_dir).from_notebook_node(nb)
     html = Path(output_dir) / (path.stem + ".html")
     write_atomic(html, body)
     return NotebookResult(path, "failed" if error else "ok", seconds, html, error)

@@ -10,6 +10,13 @@ VENV=${VENV:-.venv}
 EXTRAS=""
 [ "${1:-}" = "--test" ] && EXTRAS="[test]"
 
+# The test command only: Debian's Chromium for the browser tests (students' set-up needs no browser).
+if [ -n "$EXTRAS" ] && [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+  echo "==> installing Debian's chromium for the browser tests"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null ||
+    echo "    (apt-get could not install chromium; the browser tests will be skipped)"
+fi
+
 pick_python() {
   for candidate in ${PYTHON:-} python3.11 python3.12 python3.13 python3.10 python3; do
     if command -v "$candidate" >/dev/null 2>&1 &&
@@ -34,6 +41,26 @@ if [ ! -f "$stamp" ] || ! grep -qxF "$want" "$stamp"; then
   echo "==> installing course_utils$EXTRAS and its dependencies into $VENV (a few minutes the first time)"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".$EXTRAS"
   echo "$want" >> "$stamp"
+fi
+
+# The widget renderer for the HTML that `course run` writes, from the npm registry into the venv
+# (never into the repository), so those pages show widgets with no internet. Optional: without npm
+# the pages load it from a CDN.
+WIDGETS="$VENV/share/course-widgets"
+if [ ! -f "$WIDGETS/html-manager/embed-amd.js" ] && command -v npm >/dev/null 2>&1; then
+  echo "==> fetching the widget renderer for offline HTML (npm)"
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && npm pack --silent @jupyter-widgets/html-manager@1 requirejs@2 >/dev/null 2>&1); then
+    mkdir -p "$tmp/hm" "$tmp/rq" "$WIDGETS.partial/html-manager"
+    tar xzf "$tmp"/jupyter-widgets-html-manager-*.tgz -C "$tmp/hm"
+    tar xzf "$tmp"/requirejs-*.tgz -C "$tmp/rq"
+    cp -r "$tmp/hm/package/dist/." "$WIDGETS.partial/html-manager/"
+    cp "$tmp/rq/package/require.js" "$WIDGETS.partial/require.js"
+    rm -rf "$WIDGETS" && mv "$WIDGETS.partial" "$WIDGETS"
+  else
+    echo "    (npm could not fetch it; the HTML pages will load widgets from a CDN)"
+  fi
+  rm -rf "$tmp" "$WIDGETS.partial"
 fi
 
 # Data: Debian's package when we can install it, else torchvision's download.
