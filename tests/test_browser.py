@@ -119,6 +119,8 @@ def chromium_page(name: str, offline: bool = False):
 # JavaScript run in the page through JupyterLab's app object (--LabApp.expose_app_in_browser).
 NOTEBOOK = "window.jupyterapp.shell.currentWidget"
 KERNEL_IDLE = f"""() => {{
+  // the app object appears some time after the page's load event: until then, keep waiting
+  if (!window.jupyterapp || !window.jupyterapp.shell) return false;
   const panel = {NOTEBOOK};
   const kernel = panel && panel.sessionContext && panel.sessionContext.session
                  && panel.sessionContext.session.kernel;
