@@ -440,7 +440,6 @@ def grade(submissions, output_dir="grades", timeout: float = DEFAULT_TIMEOUT,
         (scratch / "sandboxes").mkdir()
         forbidden.append(str(scratch))
         for student, path in zip(_student_names(paths), paths):
-            started = time.perf_counter()
             result = GradeResult(student=student, submission=path, assignment=None, status="error")
             try:
                 _grade_one(result, path, assignment, by_name, graders, timeout, memory_gb, forbidden,
@@ -449,7 +448,6 @@ def grade(submissions, output_dir="grades", timeout: float = DEFAULT_TIMEOUT,
                 raise
             except Exception as err:  # noqa: BLE001 - one submission never stops the batch
                 result.status, result.notes = "error", [f"the grader failed on this submission: {err}"]
-            result.seconds = time.perf_counter() - started
             results.append(result)
             echo(f"{student:<24} {result.status:<8} {result.total:g}/{result.possible:g}"
                  + ("  PROVISIONAL" if result.provisional else "") + f"  ({result.seconds:.1f} s)", flush=True)
@@ -488,7 +486,9 @@ def _grade_one(result, path, assignment, by_name, graders, timeout, memory_gb, f
     result.assignment = name
     result.possible = sum(grader.points.values())
     result.scores = {q: 0.0 for q in sorted(grader.tests)}
+    started = time.perf_counter()  # the submission's own run, not the shared autograder build
     status, report, why = _run_worker(raw, grader, timeout, memory_gb, forbidden, scratch)
+    result.seconds = time.perf_counter() - started
     result.status = status
     if why:
         result.notes.append(why)

@@ -48,7 +48,8 @@ def test_run_writes_html_and_a_table_and_fails_on_errors(tmp_path, capsys):
     assert code == 1
     assert "01_good.ipynb  ok" in printed.out and "02_bad.ipynb   failed" in printed.out
     assert "arithmetic is broken" in printed.out
-    assert sorted(p.name for p in out.iterdir()) == ["01_good.html", "02_bad.html"]
+    assert sorted(p.name for p in out.glob("*.html")) == ["01_good.html", "02_bad.html"]
+    assert not list(out.glob(".*")), "temporary files were left behind"
     assert "answer 42" in (out / "01_good.html").read_text()
     assert cli.main(["run", str(good), "-o", str(out)]) == 0
 
