@@ -219,6 +219,20 @@ def test_outputs_are_complete_files(batch):
     assert [p.name for p in batch["out"].iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.parametrize("solution", [p for p in sorted(SOLUTIONS_DIR.glob("[0-9][0-9]_*.ipynb"))
+                                      if p.name != SOLUTION.name], ids=lambda p: p.stem)
+def test_every_other_solution_scores_full_marks_and_its_exercise_zero(solution, tmp_path):
+    """Lesson 00's pair is in the batch above; here every other assignment gets the same check."""
+    grader = build_autograder(solution)
+    (tmp_path / "solution.ipynb").write_text(json.dumps(grader.filled_notebook))
+    shutil.copy(EXERCISES_DIR / solution.name, tmp_path / "untouched.ipynb")
+    results = {r.student: r for r in grade([tmp_path], tmp_path / "out", timeout=TIMEOUT)}
+    full, empty = results["solution"], results["untouched"]
+    assert (full.status, full.total, full.possible, full.provisional) == ("graded", full.possible, sum(grader.points.values()), False)
+    assert (empty.status, empty.total, empty.provisional) == ("graded", 0, False)
+    assert 3 <= len(grader.tests) <= 6, "each exercise has 3-6 graded questions"
+
+
 # ---------------------------------------------------------------------------------------------
 # Exercises stay in step with solutions and never contain them
 # ---------------------------------------------------------------------------------------------
