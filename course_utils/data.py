@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .environment import get_device
+from .files import atomic_write
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -81,7 +82,7 @@ def find_fashion_mnist(data_dir: str | Path | None = None) -> Path | None:
 
 def _fix_for(path: Path) -> str:
     if path.is_relative_to(DEBIAN_DIR):
-        return f"reinstall Debian's copy: sudo apt-get install --reinstall dataset-fashion-mnist"
+        return "reinstall Debian's copy: sudo apt-get install --reinstall dataset-fashion-mnist"
     return f"delete it and fetch a fresh copy: rm '{path}' && course data"
 
 
@@ -184,9 +185,8 @@ def copy_to_cache(source: Path, target: Path | None = None) -> Path:
     for name, sha in FASHION_MNIST_FILES.items():
         src = _file_in(source, name)
         _read_verified(src, sha)
-        with tempfile.NamedTemporaryFile(dir=target, delete=False, prefix=".copy-") as tmp:
-            shutil.copyfileobj(src.open("rb"), tmp)
-        os.replace(tmp.name, target / src.name)
+        with src.open("rb") as f_in, atomic_write(target / src.name) as f_out:
+            shutil.copyfileobj(f_in, f_out)
     return target
 
 

@@ -106,7 +106,6 @@ def misplaced_delimiters(solution_nb: dict) -> list[str]:
 def _deterministic_ids(nb: dict, prefix: str) -> dict:
     for i, cell in enumerate(nb.get("cells", [])):
         cell["id"] = f"{prefix[:40]}-{i}"
-        cell.pop("execution_count", None) if cell.get("cell_type") != "code" else None
         if cell.get("cell_type") == "code":
             cell["execution_count"] = None
             cell["outputs"] = []

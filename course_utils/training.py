@@ -20,6 +20,7 @@ from torch import nn
 
 from .data import TensorLoader
 from .environment import get_device
+from .files import atomic_write
 
 LOSSES = {
     "cross_entropy": F.cross_entropy,
@@ -122,6 +123,7 @@ class TrainingRun:
         self.epoch = 0          # index of the epoch running now (0-based)
         self.iteration = 0      # optimizer steps taken so far
         self.stop_reason: str | None = None
+        self._unscaled = False  # float16 gradients already unscaled in this step?
 
     @property
     def batches_per_epoch(self) -> int:
@@ -133,7 +135,7 @@ class TrainingRun:
 
     def unscale_gradients(self) -> None:
         """With float16 mixed precision, gradients are scaled; call this before reading them."""
-        if self.scaler is not None and not getattr(self, "_unscaled", False):
+        if self.scaler is not None and not self._unscaled:
             self.scaler.unscale_(self.optimizer)
             self._unscaled = True
 
@@ -177,24 +179,10 @@ class TrainingRun:
 
 
 def save_atomic(obj, path) -> Path:
-    """torch.save to a temporary file beside `path`, then rename: never a half-written file."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    """torch.save through a temporary file and a rename: never a half-written checkpoint."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 # ---------------------------------------------------------------------------------------------

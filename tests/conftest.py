@@ -1,6 +1,5 @@
 import gzip
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
