@@ -322,7 +322,9 @@ def fashion_mnist_loaders(batch_size: int = 256, val_fraction: float = 1 / 6, de
     """The common case in one call: train / validation / test TensorLoaders for Fashion-MNIST.
 
     The split is stratified and seeded; normalization statistics come from the training split
-    only. `train_transform` (e.g. augmentation) runs on training batches after normalization.
+    only. `train_transform` runs on each whole training batch, after normalization. Careful with
+    torchvision's random transforms: given a batch, they draw one set of random parameters for all
+    of its images; apply them image by image instead (lesson 03 shows both).
     """
     data = load_fashion_mnist(data_dir)
     (x_tr, y_tr), (x_val, y_val) = train_val_split(data.train_images, data.train_labels,

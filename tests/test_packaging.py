@@ -49,3 +49,12 @@ def test_notebooks_are_committed_without_outputs():
         for cell in nb.cells:
             if cell.cell_type == "code":
                 assert not cell.outputs and cell.execution_count is None, path.name
+
+
+def test_every_lesson_has_its_exercise_and_solution():
+    lessons = sorted(p.name for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert len(lessons) >= 4
+    for folder in ("exercises", "solutions"):
+        assert sorted(p.name for p in (REPO / folder).glob("[0-9][0-9]_*.ipynb")) == lessons, folder
+    readme = (REPO / "README.md").read_text()
+    assert all(f"`notebooks/{name}`" in readme for name in lessons), "README's lesson table is incomplete"
