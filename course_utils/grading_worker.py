@@ -208,6 +208,7 @@ def main() -> None:
     import matplotlib.pyplot  # noqa: F401
     import numpy  # noqa: F401
     import torch  # noqa: F401
+    import torchvision.transforms.v2  # noqa: F401  (loads its C++ operators with ctypes, refused later)
     from otter.test_files.exception_test import ExceptionTestFile
 
     import course_utils  # noqa: F401  (imported before the hooks)
