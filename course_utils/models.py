@@ -5,19 +5,14 @@ from __future__ import annotations
 from torch import nn
 
 
-def lenet(batch_norm: bool = True, activation=nn.Sigmoid, num_classes: int = 10,
-          dropout: float = 0.0) -> nn.Sequential:
+def lenet(batch_norm: bool = True, activation=nn.Sigmoid, num_classes: int = 10) -> nn.Sequential:
     """LeNet-5 for 28x28 grey images, with BatchNorm after each conv/linear layer by default.
 
     The study notes' model (lessons 05 and 06, and the benchmark): two 5x5 convolutions with
-    average pooling, then three linear layers, sigmoid activations. `dropout` > 0 adds nn.Dropout
-    after the two hidden linear layers (lesson 03).
+    average pooling, then three linear layers, sigmoid activations.
     """
     def norm(kind, n):
         return [kind(n)] if batch_norm else []
-
-    def drop():
-        return [nn.Dropout(dropout)] if dropout else []
 
     return nn.Sequential(
         nn.Conv2d(1, 6, kernel_size=5), *norm(nn.BatchNorm2d, 6), activation(),      # 6x24x24
@@ -25,8 +20,8 @@ def lenet(batch_norm: bool = True, activation=nn.Sigmoid, num_classes: int = 10,
         nn.Conv2d(6, 16, kernel_size=5), *norm(nn.BatchNorm2d, 16), activation(),    # 16x8x8
         nn.AvgPool2d(kernel_size=2, stride=2),                                         # 16x4x4
         nn.Flatten(),
-        nn.Linear(16 * 4 * 4, 120), *norm(nn.BatchNorm1d, 120), activation(), *drop(),
-        nn.Linear(120, 84), *norm(nn.BatchNorm1d, 84), activation(), *drop(),
+        nn.Linear(16 * 4 * 4, 120), *norm(nn.BatchNorm1d, 120), activation(),
+        nn.Linear(120, 84), *norm(nn.BatchNorm1d, 84), activation(),
         nn.Linear(84, num_classes),
     )
 

@@ -262,17 +262,6 @@ def test_progress_bar_and_live_plot_draw_without_a_notebook(spirals, capsys):
 
 
 @pytest.mark.slow
-def test_lenet_dropout_is_active_only_in_training_mode():
-    torch.manual_seed(0)
-    model = lenet(batch_norm=False, activation=torch.nn.ReLU, dropout=0.5)
-    assert sum(isinstance(m, torch.nn.Dropout) for m in model) == 2
-    assert not any(isinstance(m, torch.nn.Dropout) for m in lenet())
-    x = torch.randn(8, 1, 28, 28)
-    assert model(x).shape == (8, 10) and not torch.equal(model(x), model(x))
-    model.eval()
-    assert torch.equal(model(x), model(x))
-
-
 def test_lenet_bn_reaches_90_percent_in_ten_epochs():
     """The issue's bar: the notes' LeNet-BN, full Fashion-MNIST, 10 epochs, test accuracy >= 0.90."""
     from course_utils import Standardize, load_fashion_mnist, normalization_stats
