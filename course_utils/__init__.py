@@ -10,16 +10,23 @@ evaluate, predict, History), callbacks, plots, environment (devices, seeds), not
 the course headless) and cli (the `course` command).
 """
 
+from .cpu_threads import calm_openmp_spinning
+
+calm_openmp_spinning()  # before torch is imported, where it still can be: see cpu_threads.py
+
 from .callbacks import (Callback, Checkpoint, EarlyStopping, GradientClipping, LivePlot,
                         LRScheduler, one_cycle)
 from .data import (FASHION_MNIST_CLASSES, DatasetError, FashionMNIST, Standardize, TensorLoader,
                    fashion_mnist_loaders, load_fashion_mnist, make_moons,
                    make_polynomial_regression, make_spirals, normalization_stats, train_val_split)
-from .environment import environment_report, get_device, print_environment_report, seed_everything
+from .environment import get_device, seed_everything
 from .models import count_parameters, lenet, mlp
+from .report import environment_report, print_environment_report
 from .plots import (compare_histories, plot_class_balance, plot_confusion_matrix,
                     plot_decision_boundary, plot_history, show_images)
-from .training import History, NonFiniteLossWarning, accuracy, evaluate, fit, predict
+from .history import History
+from .training import (NonFiniteLossWarning, TrainingInterrupted, TrainingRun, accuracy, evaluate,
+                       fit, last_history, predict, train_step)
 
 __version__ = "0.1.0"
 
@@ -31,5 +38,6 @@ __all__ = [
     "environment_report", "get_device", "print_environment_report", "seed_everything",
     "count_parameters", "lenet", "mlp", "compare_histories", "plot_class_balance",
     "plot_confusion_matrix", "plot_decision_boundary", "plot_history", "show_images", "History",
-    "NonFiniteLossWarning", "accuracy", "evaluate", "fit", "predict",
+    "NonFiniteLossWarning", "TrainingInterrupted", "TrainingRun", "accuracy", "evaluate", "fit",
+    "last_history", "predict", "train_step",
 ]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .training import save_atomic
+from .files import save_atomic
 
 
 class Callback:
@@ -132,9 +132,19 @@ class Checkpoint(Callback):
         self.best = state["best"]
 
     @staticmethod
+    def read(path) -> dict:
+        """A checkpoint's contents with every tensor on the CPU, whatever device wrote it.
+
+        Loading straight onto a GPU (map_location='cuda') would put the saved random-generator
+        states there too, and torch.set_rng_state only takes CPU tensors; model.load_state_dict and
+        optimizer.load_state_dict copy their tensors to the device of the parameters anyway.
+        """
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    @staticmethod
     def load_weights(model, path) -> dict:
         """Put the weights saved in `path` (a checkpoint or a .best.pt file) into `model`."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = Checkpoint.read(path)
         model.load_state_dict(state["model"])
         return state
 

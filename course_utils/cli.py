@@ -27,7 +27,7 @@ def cmd_doctor(args) -> int:
     if sys.version_info < MIN_PYTHON:
         problems.append(f"Python {sys.version.split()[0]} is too old: the course needs 3.10 or newer.")
     try:
-        from .environment import environment_report
+        from .report import environment_report
         report = environment_report()
     except ImportError as err:
         print(f"cannot import the course's dependencies: {err}")

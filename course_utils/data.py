@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def _fix_for(path: Path) -> str:
 def _read_verified(path: Path, expected_sha256: str) -> bytes:
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:  # zlib: a damaged deflate stream
         raise DatasetError(f"Fashion-MNIST file {path} cannot be read ({err}). Fix: {_fix_for(path)}") from err
     digest = hashlib.sha256(raw).hexdigest()
     if digest != expected_sha256:
@@ -253,12 +254,14 @@ class TensorLoader:
     The usual DataLoader builds each batch in Python, one sample at a time, then copies it to the
     GPU. Here the whole dataset is moved once; a batch is one indexing operation on the device,
     and `transform` (normalization, augmentation) runs on the whole batch there too.
-    The shuffle order comes from a seeded CPU generator, so it is the same on every device and
-    can be saved and restored (see `state_dict`) for resuming training.
+    The shuffle order comes from its own CPU generator, so it is the same on every device and
+    can be saved and restored (see `state_dict`) for resuming training. That generator starts from
+    `seed`, or, by default, from a number drawn from torch's global generator, as DataLoader does:
+    after seed_everything(s) the order follows s, and the global generator is never reseeded.
     """
 
     def __init__(self, *tensors, batch_size: int = 256, shuffle: bool = False, transform=None,
-                 drop_last: bool = False, device="auto", seed: int | None = 0):
+                 drop_last: bool = False, device="auto", seed: int | None = None):
         if not tensors:
             raise ValueError("TensorLoader needs at least one tensor, e.g. TensorLoader(images, labels).")
         n = len(tensors[0])
@@ -272,7 +275,9 @@ class TensorLoader:
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.transform = transform
         self.generator = torch.Generator()
-        self.generator.manual_seed(seed if seed is not None else torch.seed())
+        if seed is None and shuffle:
+            seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        self.generator.manual_seed(seed if seed is not None else 0)
 
     def __len__(self) -> int:
         n = len(self.tensors[0])
@@ -301,7 +306,8 @@ class TensorLoader:
         if device == self.device:
             return self
         clone = TensorLoader(*self.tensors, batch_size=self.batch_size, shuffle=self.shuffle,
-                             transform=self.transform, drop_last=self.drop_last, device=device)
+                             transform=self.transform, drop_last=self.drop_last, device=device,
+                             seed=0)  # any seed: the state is copied next
         clone.generator.set_state(self.generator.get_state())
         return clone
 

@@ -1,11 +1,9 @@
-"""Devices, seeds and an environment report (notebook 00, `course doctor`)."""
+"""Devices and seeds: where training runs, and how a rerun prints the same numbers."""
 
 from __future__ import annotations
 
 import os
-import platform
 import random
-import sys
 
 import numpy as np
 import torch
@@ -52,34 +50,3 @@ def seed_everything(seed: int = 0) -> int:
     torch.manual_seed(seed)  # also seeds every CUDA device
     os.environ["PYTHONHASHSEED"] = str(seed)
     return seed
-
-
-def environment_report() -> dict:
-    """Versions, the device the course will use, and where the dataset is."""
-    import torchvision
-
-    from .data import find_fashion_mnist
-
-    device = get_device("auto")
-    report = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "device": str(device),
-        "cpu threads": torch.get_num_threads(),
-    }
-    if device.type == "cuda":
-        report["gpu"] = torch.cuda.get_device_name(device)
-    folder = find_fashion_mnist()
-    report["fashion-mnist"] = str(folder) if folder else "not found (run: course data)"
-    report["executable"] = sys.executable
-    return report
-
-
-def print_environment_report() -> None:
-    report = environment_report()
-    width = max(map(len, report))
-    for key, value in report.items():
-        print(f"{key:>{width}} : {value}")

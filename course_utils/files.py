@@ -1,4 +1,7 @@
-"""Writing files so that an interruption never leaves a half-written one behind."""
+"""Writing files so that an interruption never leaves a half-written one behind.
+
+Every file the course writes (checkpoints, HTML, gradebooks, dataset copies) goes through here.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,9 @@ def atomic_write(path, mode: str = "wb", **open_kwargs):
 
         with atomic_write("grades/gradebook.csv", "w") as f:
             f.write(text)
+
+    The file gets the permissions an ordinary `open()` would give it (those of the file it
+    replaces, else 0o666 less the umask), not the owner-only ones of a temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,8 +29,34 @@ def atomic_write(path, mode: str = "wb", **open_kwargs):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _permissions_for(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _permissions_for(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)  # reading the umask means setting it; put it straight back
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically."""
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return Path(path)
+
+
+def save_atomic(obj, path) -> Path:
+    """torch.save through a temporary file and a rename: never a half-written checkpoint."""
+    import torch
+
+    with atomic_write(path) as f:
+        torch.save(obj, f)
+    return Path(path)

@@ -37,7 +37,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .notebooks import REPO_ROOT, write_atomic
+from .files import write_text_atomic
+from .notebooks import REPO_ROOT
 
 SOLUTIONS_DIR = REPO_ROOT / "solutions"
 EXERCISES_DIR = REPO_ROOT / "exercises"
@@ -225,7 +226,7 @@ def build_exercises(solutions: Path = SOLUTIONS_DIR, exercises: Path = EXERCISES
             raise GradingError(f"{solution.name}: the student version would leak the solution: "
                                + "; ".join(leaks))
         target = Path(exercises) / solution.name
-        write_atomic(target, _as_text(grader.student_notebook))
+        write_text_atomic(target, _as_text(grader.student_notebook))
         written.append(target)
     return written
 
@@ -543,8 +544,8 @@ def write_gradebook(results: list[GradeResult], graders: dict, output: Path) -> 
                          f"{r.total:g}", f"{r.possible:g}", r.status, "yes" if r.provisional else "no",
                          " | ".join((r.flags + r.notes))[:500].replace("\n", " ")])
     output.mkdir(parents=True, exist_ok=True)
-    write_atomic(output / "gradebook.csv", buffer.getvalue())
+    write_text_atomic(output / "gradebook.csv", buffer.getvalue())
     for r in results:
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", r.student)
-        write_atomic(output / "feedback" / f"{safe}.md", feedback_text(r, graders.get(r.assignment)))
+        write_text_atomic(output / "feedback" / f"{safe}.md", feedback_text(r, graders.get(r.assignment)))
     return output / "gradebook.csv"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
@@ -9,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import atomic_write
+from .files import write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -18,20 +19,16 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 @dataclass
 class NotebookResult:
     notebook: Path
-    status: str          # "ok" or "failed"
+    status: str          # "ok", or "failed" (an error, a dead kernel, or a cell past its limit)
     seconds: float
     html: Path | None
     error: str | None = None
+    stalled: bool = False  # a cell ran past its time limit: the kernel stopped answering
 
 
 def course_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
     """The lesson notebooks in order (their names start with the lesson number)."""
     return sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    with atomic_write(path, "w", encoding="utf-8") as f:
-        f.write(text)
 
 
 def widget_assets() -> Path | None:
@@ -67,32 +64,86 @@ def html_exporter(output_dir: Path):
 
 
 def run_notebook(path: Path, output_dir: Path, timeout: int = 900) -> NotebookResult:
-    """Execute one notebook in its own folder with a fresh kernel; save it as HTML even on failure."""
+    """Execute one notebook in its own folder with a fresh kernel; save it as HTML even on failure.
+
+    A cell that runs past `timeout` seconds fails the notebook and is named in the error, however
+    the kernel went quiet: no reply at all, or a reply whose output never came.
+    """
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     path = Path(path).resolve()
     nb = nbformat.read(path, as_version=4)
+    running = {"index": None, "started": None, "slowest": (0.0, None)}
+
+    def on_cell_start(cell, cell_index):
+        running["index"], running["started"] = cell_index, time.monotonic()
+
+    def on_cell_executed(cell, cell_index, execute_reply):
+        seconds = time.monotonic() - running["started"]
+        if seconds > running["slowest"][0]:
+            running["slowest"] = (seconds, cell_index)
+
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}},
+                            on_cell_start=on_cell_start, on_cell_executed=on_cell_executed,
                             extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no start-up chatter
+    lost_output = _LogCatcher("Timeout waiting for IOPub output")
+    client.log.addHandler(lost_output)
     os.environ["COURSE_HEADLESS"] = "1"  # the kernel inherits it: live plots draw once, at the end
     os.environ.pop("MPLBACKEND", None)   # a kernel must keep Jupyter's inline backend to show figures
     started = time.perf_counter()
-    error = None
+    error, stalled = None, False
     try:
         client.execute()
     except CellExecutionError as err:
         error = _describe_failure(nb, err)
-    except (CellTimeoutError, DeadKernelError) as err:
-        error = f"{type(err).__name__}: {_strip_ansi(str(err)).strip().splitlines()[-1]}"
+    except CellTimeoutError:
+        stalled = True
+        error = f"{_cell_name(nb, running['index'])}: ran past its {timeout} s limit (stalled)"
+    except DeadKernelError as err:
+        error = f"{_cell_name(nb, running['index'])}: the kernel died ({_first_line(err)})"
+    finally:
+        client.log.removeHandler(lost_output)
+    slowest, index = running["slowest"]
+    if error is None and (slowest > timeout or lost_output.records):
+        stalled = True
+        error = (f"{_cell_name(nb, index)}: took {slowest:.0f} s, past its {timeout} s limit (stalled)"
+                 if slowest > timeout else
+                 f"{_cell_name(nb, running['index'])}: its output never arrived (kernel stalled)")
     seconds = time.perf_counter() - started
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     body, _ = html_exporter(output_dir).from_notebook_node(nb)
     html = Path(output_dir) / (path.stem + ".html")
-    write_atomic(html, body)
-    return NotebookResult(path, "failed" if error else "ok", seconds, html, error)
+    write_text_atomic(html, body)
+    return NotebookResult(path, "failed" if error else "ok", seconds, html, error, stalled)
+
+
+class _LogCatcher(logging.Handler):
+    """Keeps the log records whose message contains `text`."""
+
+    def __init__(self, text: str):
+        super().__init__(logging.WARNING)
+        self.text, self.records = text, []
+
+    def emit(self, record):
+        if self.text in record.getMessage():
+            self.records.append(record)
+
+
+def _cell_name(nb, index) -> str:
+    """'cell 12 (first line of its source)', numbered from 1 as Jupyter shows them."""
+    if index is None:
+        return "before the first cell"
+    source = nb.cells[index].source.strip()
+    first_line = source.splitlines()[0] if source else ""
+    return f"cell {index + 1} ({first_line[:60]})"
+
+
+def _first_line(err) -> str:
+    lines = _strip_ansi(str(err)).strip().splitlines()
+    return lines[-1] if lines else type(err).__name__
 
 
 def _strip_ansi(text: str) -> str:

@@ -1,8 +1,13 @@
 """fit(), evaluate() and predict(): the training loop of every lesson.
 
-Notebook 01 writes this loop by hand in a dozen lines (forward, loss, backward, step); fit() is
+Lesson 00 writes this loop by hand in a dozen lines (forward, loss, backward, step); fit() is
 the same loop plus what a course needs around it: a History, validation, progress, a live plot,
 callbacks, resuming, clear errors, and the CUDA speed-ups switched on for you.
+
+Read it top to bottom: fit() is the outline, train_one_epoch() runs the batches, and
+train_step() is lesson 00's loop body. Pass your own step as fit(..., train_step=my_step) to change
+what happens to each batch (later lessons do, to show their idea); everything else stays the same.
+TrainingRun holds what the step and the callbacks may read or change.
 """
 
 from __future__ import annotations
@@ -11,16 +16,16 @@ import contextlib
 import copy
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .callbacks import Checkpoint, LivePlot, ProgressBar
 from .data import TensorLoader
 from .environment import get_device
-from .files import atomic_write
+from .history import History
 
 LOSSES = {
     "cross_entropy": F.cross_entropy,
@@ -28,138 +33,115 @@ LOSSES = {
     "l1": F.l1_loss,
     "bce_with_logits": F.binary_cross_entropy_with_logits,
 }
-CLASSIFICATION_LOSSES = (F.cross_entropy, nn.CrossEntropyLoss)
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
               "rmsprop": torch.optim.RMSprop}
 NAN_CHECK_EVERY = 25  # iterations between non-finite loss checks (each check waits for the GPU)
+
+_last_history: History | None = None
 
 
 class NonFiniteLossWarning(RuntimeWarning):
     """Training stopped because the loss became NaN or infinite."""
 
 
-# ---------------------------------------------------------------------------------------------
-# History
-# ---------------------------------------------------------------------------------------------
+class TrainingInterrupted(KeyboardInterrupt):
+    """You stopped fit() (Ctrl-C, or the notebook's stop button). Like any KeyboardInterrupt it
+    stops the rest of the cell and a "Run All"; the History so far is `.history`, and also
+    `last_history()`."""
 
-@dataclass
-class History:
-    """What fit() measured: the loss of every iteration, and one record per epoch.
+    def __init__(self, message: str, history: History):
+        super().__init__(message)
+        self.history = history
 
-    Each record holds epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds and
-    examples_per_s (accuracies are None for regression, validation values None without val).
-    """
 
-    iteration_loss: list[float] = field(default_factory=list)
-    epochs: list[dict] = field(default_factory=list)
-    label: str | None = None
-    stop_reason: str | None = None
-    iterations_per_epoch: int | None = None
-
-    def __len__(self) -> int:
-        return len(self.epochs)
-
-    def __getitem__(self, metric: str) -> list:
-        """history["val_acc"] -> that metric for every epoch."""
-        if self.epochs and metric not in self.epochs[0]:
-            raise KeyError(f"No metric {metric!r}; this History has {list(self.epochs[0])}.")
-        return [record[metric] for record in self.epochs]
-
-    @property
-    def last(self) -> dict:
-        if not self.epochs:
-            raise IndexError("This History has no completed epoch yet.")
-        return self.epochs[-1]
-
-    def best(self, metric: str = "val_loss") -> dict:
-        """The epoch record with the best value of `metric` (lowest loss, highest accuracy)."""
-        values = [(v, r) for v, r in zip(self[metric], self.epochs) if v is not None]
-        if not values:
-            raise ValueError(f"No value of {metric!r} was recorded.")
-        pick = min if "loss" in metric else max
-        return pick(values, key=lambda pair: pair[0])[1]
-
-    def to_dataframe(self):
-        """One row per epoch, indexed by epoch number."""
-        import pandas as pd
-
-        return pd.DataFrame(self.epochs).set_index("epoch") if self.epochs else pd.DataFrame()
-
-    def plot(self, **kwargs):
-        """Learning curves: loss (per iteration and per epoch) and accuracy. See plots.plot_history."""
-        from .plots import plot_history
-
-        return plot_history(self, **kwargs)
-
-    def state_dict(self) -> dict:
-        return {"iteration_loss": list(self.iteration_loss), "epochs": [dict(r) for r in self.epochs],
-                "label": self.label, "stop_reason": self.stop_reason,
-                "iterations_per_epoch": self.iterations_per_epoch}
-
-    @classmethod
-    def from_state_dict(cls, state: dict) -> "History":
-        return cls(**state)
-
-    def __repr__(self) -> str:
-        if not self.epochs:
-            return f"History(label={self.label!r}, no epochs)"
-        last = self.epochs[-1]
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items()
-                          if k in ("train_loss", "val_loss", "val_acc") and v is not None)
-        return f"History(label={self.label!r}, epochs={len(self.epochs)}, {shown})"
+def last_history() -> History | None:
+    """The History of the most recent fit() in this process, finished or interrupted."""
+    return _last_history
 
 
 # ---------------------------------------------------------------------------------------------
-# The state callbacks see
+# The state a step and the callbacks see
 # ---------------------------------------------------------------------------------------------
 
 class TrainingRun:
-    """Everything a callback may read or change while fit() runs."""
+    """Everything a train_step or a callback may read or change while fit() runs."""
 
-    def __init__(self, model, optimizer, train, val, device, epochs, history, scaler, callbacks):
-        self.model, self.optimizer, self.train, self.val = model, optimizer, train, val
-        self.device, self.epochs, self.history = device, epochs, history
-        self.scaler, self.callbacks = scaler, callbacks
+    def __init__(self, model, optimizer, loss_fn, train, val, device, epochs, callbacks,
+                 history, amp_dtype, nan_guard):
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.train, self.val, self.device, self.epochs = train, val, device, epochs
+        self.callbacks, self.history, self.nan_guard = callbacks, history, nan_guard
+        self.amp_dtype = amp_dtype
+        # float16 needs loss scaling; with any other precision the scaler passes everything through
+        self.scaler = torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu",
+                                           enabled=amp_dtype == torch.float16)
         self.epoch = 0          # index of the epoch running now (0-based)
         self.iteration = 0      # optimizer steps taken so far
         self.stop_reason: str | None = None
         self._unscaled = False  # float16 gradients already unscaled in this step?
+        self._shapes_checked = False
 
     @property
     def batches_per_epoch(self) -> int:
         return len(self.train)
 
+    def fire(self, event: str, *args) -> None:
+        """Call `event` (e.g. 'on_epoch_end') on every callback, in order."""
+        for callback in self.callbacks:
+            getattr(callback, event)(self, *args)
+
+    def autocast(self):
+        """Mixed precision on CUDA (see mixed_precision_dtype); does nothing elsewhere."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss function, with the shape check on the first batch (a custom step gets it too)."""
+        if not self._shapes_checked:
+            check_output_matches_target(output, target, self.loss_fn)
+            self._shapes_checked = True
+        return self.loss_fn(output, target)
+
+    def unscale_gradients(self) -> None:
+        """With float16 mixed precision, gradients are scaled; call this before reading them."""
+        if not self._unscaled:
+            self.scaler.unscale_(self.optimizer)
+            self._unscaled = True
+
     def request_stop(self, reason: str) -> None:
         """Finish the current epoch's bookkeeping and stop (early stopping uses this)."""
         self.stop_reason = reason
 
-    def unscale_gradients(self) -> None:
-        """With float16 mixed precision, gradients are scaled; call this before reading them."""
-        if self.scaler is not None and not self._unscaled:
-            self.scaler.unscale_(self.optimizer)
-            self._unscaled = True
+    def snapshot(self) -> dict:
+        """Copies of the weights and the optimizer's state, to go back to (the NaN guard does)."""
+        return {"model": copy.deepcopy(self.model.state_dict()),
+                "optimizer": copy.deepcopy(self.optimizer.state_dict())}
+
+    def restore(self, snapshot: dict) -> None:
+        self.model.load_state_dict(snapshot["model"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
 
     def checkpoint_state(self) -> dict:
         """All that is needed to continue this run later exactly where it is now."""
-        state = {
+        return {
             "format": 1,
             "epoch": len(self.history.epochs),
             "iteration": self.iteration,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "scaler": self.scaler.state_dict(),
             "history": self.history.state_dict(),
             "callbacks": [[type(cb).__name__, cb.state_dict()] for cb in self.callbacks],
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "train_loader": self.train.state_dict() if isinstance(self.train, TensorLoader) else None,
         }
-        return state
 
     def load_checkpoint_state(self, state: dict) -> None:
+        """Continue from `state` (read with Checkpoint.read: every tensor on the CPU; the model
+        and the optimizer copy theirs to the training device)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state.get("scaler"):
+        if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         restored = History.from_state_dict(state["history"])
         self.history.iteration_loss[:] = restored.iteration_loss
@@ -170,7 +152,7 @@ class TrainingRun:
             if match is not None:
                 cb.load_state_dict(match[1])
                 saved.remove(match)
-        torch.set_rng_state(state["rng_cpu"])
+        torch.set_rng_state(state["rng_cpu"])  # random-generator states must be CPU tensors
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         if state["train_loader"] is not None and isinstance(self.train, TensorLoader):
@@ -178,15 +160,8 @@ class TrainingRun:
         self.iteration = state["iteration"]
 
 
-def save_atomic(obj, path) -> Path:
-    """torch.save through a temporary file and a rename: never a half-written checkpoint."""
-    with atomic_write(path) as f:
-        torch.save(obj, f)
-    return Path(path)
-
-
 # ---------------------------------------------------------------------------------------------
-# Helpers: inputs, losses, shapes, devices
+# Inputs, losses, shapes, devices
 # ---------------------------------------------------------------------------------------------
 
 def _as_loader(data, batch_size, shuffle, device):
@@ -231,11 +206,24 @@ def _resolve_optimizer(model, optimizer, lr):
     return optimizer(model.parameters(), lr=lr)
 
 
+def _loss_kind(loss_fn) -> str | None:
+    """'classification' (labels), 'elementwise' (targets shaped like the output), or None."""
+    if loss_fn in (F.cross_entropy, F.nll_loss) or isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)):
+        return "classification"
+    elementwise_functions = (F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss,
+                             F.binary_cross_entropy, F.binary_cross_entropy_with_logits)
+    elementwise_modules = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss, nn.BCELoss,
+                           nn.BCEWithLogitsLoss)
+    if loss_fn in elementwise_functions or isinstance(loss_fn, elementwise_modules):
+        return "elementwise"
+    return None
+
+
 def check_output_matches_target(output: torch.Tensor, target: torch.Tensor, loss_fn) -> None:
     """Catch the classic shape bugs on the first batch, before they train a wrong model silently."""
-    is_classification = loss_fn in CLASSIFICATION_LOSSES or isinstance(loss_fn, nn.CrossEntropyLoss)
+    kind = _loss_kind(loss_fn)
     out, tgt = tuple(output.shape), tuple(target.shape)
-    if is_classification and not target.is_floating_point():
+    if kind == "classification" and not target.is_floating_point():
         if output.dim() != 2 or output.shape[0] != target.shape[0]:
             raise ValueError(
                 f"The model's output has shape {out}, but the labels have shape {tgt}. "
@@ -250,7 +238,7 @@ def check_output_matches_target(output: torch.Tensor, target: torch.Tensor, loss
                 f"The model's output has shape {out}: {output.shape[1]} classes, but the labels go "
                 f"up to {top}. Fix: make the last layer output {top + 1} values, e.g. "
                 f"nn.Linear(features, {top + 1}).")
-    elif loss_fn in (F.mse_loss, F.l1_loss, F.binary_cross_entropy_with_logits) and out != tgt:
+    elif kind == "elementwise" and out != tgt:
         raise ValueError(
             f"The model's output has shape {out} but the targets have shape {tgt}; the loss would "
             "broadcast them into a wrong answer without an error. Fix: make them equal, e.g. "
@@ -263,6 +251,16 @@ def _is_classification(output, target) -> bool:
 
 def _move(batch, device):
     return [t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch]
+
+
+def mixed_precision_dtype(device: torch.device, fast: bool = True):
+    """The autocast dtype fit(), evaluate() and predict() use: None (full float32) off CUDA or with
+    fast=False; on CUDA bfloat16 where the GPU computes it natively (compute capability 8.0 and
+    newer: A100, H100, RTX 30xx+), else float16 with loss scaling (e.g. Colab's T4, 7.5)."""
+    if device.type != "cuda" or not fast:
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
 
 
 @contextlib.contextmanager
@@ -283,43 +281,96 @@ def _speedups(device: torch.device, fast: bool):
          torch.backends.cudnn.allow_tf32) = saved
 
 
-def _amp_dtype(device: torch.device, fast: bool):
-    """Mixed precision on CUDA: bfloat16 where the GPU has it (no loss scaling needed), else float16."""
-    if device.type != "cuda" or not fast:
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def _model_device(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 
 
 # ---------------------------------------------------------------------------------------------
-# fit
+# fit: the outline
 # ---------------------------------------------------------------------------------------------
 
+def train_step(run: TrainingRun, x: torch.Tensor, y: torch.Tensor):
+    """One optimizer step on one batch: forward, loss, backward, update. Returns (loss, output).
+
+    This is lesson 00's hand-written loop body. To change what a step does, copy this function,
+    edit it, and pass it as fit(..., train_step=my_step).
+    """
+    with run.autocast():                  # mixed precision on CUDA, nothing elsewhere
+        output = run.model(x)
+        loss = run.loss(output, y)        # the loss function; shapes checked on the first batch
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()     # float16 only: scaled so small gradients survive
+    run.fire("on_after_backward")         # gradient clipping, diagnostics
+    run.scaler.step(run.optimizer)        # optimizer.step() (float16: unless a gradient overflowed)
+    run.scaler.update()
+    return loss, output
+
+
 def fit(model: nn.Module, train, val=None, *, epochs: int = 10, optimizer="sgd", lr: float | None = None,
-        loss="cross_entropy", batch_size: int = 256, device="auto", callbacks=(), fast: bool = True,
-        progress: bool = True, live_plot="auto", resume=None, nan_guard: bool = True,
-        label: str | None = None) -> History:
+        loss="cross_entropy", batch_size: int = 256, device="auto", callbacks=(), train_step=train_step,
+        fast: bool = True, progress: bool = True, live_plot="auto", resume=None,
+        nan_guard: bool = True, label: str | None = None) -> History:
     """Train `model` on `train` for `epochs` epochs and return a History.
 
     train / val: a TensorLoader, a torch DataLoader, or an (inputs, targets) tuple of tensors
         (then batched with `batch_size`, shuffled for training).
     optimizer: a torch.optim optimizer, or a name ('sgd', 'adam', 'adamw', 'rmsprop') used with `lr`.
-    loss: 'cross_entropy' (default), 'mse', 'l1', 'bce_with_logits', or a function (output, target).
+    loss: 'cross_entropy' (default), 'mse', 'l1', 'bce_with_logits', a loss module such as
+        nn.MSELoss(), or a function (output, target) -> scalar.
     device: 'auto' picks CUDA, then Apple MPS, then the CPU. On CUDA, fast=True turns on mixed
-        precision (bfloat16, or float16 with loss scaling), TF32 and cuDNN autotuning.
+        precision (see mixed_precision_dtype), TF32 and cuDNN autotuning.
     callbacks: EarlyStopping, Checkpoint, LRScheduler, GradientClipping, ... (course_utils.callbacks).
+    train_step: what one batch does (see train_step); pass your own to change it.
     live_plot: 'auto' draws updating learning curves in Jupyter; True / False force it.
     resume: a checkpoint file written by Checkpoint; training continues from its last epoch.
     nan_guard: stop with a clear message when the loss becomes NaN or infinite, restoring the
-        weights from the end of the last good epoch.
-    Ctrl-C (or the notebook's stop button) ends training cleanly and returns the History so far.
-    """
-    from .callbacks import Checkpoint, LivePlot, ProgressBar
+        weights and optimizer state from the end of the last good epoch.
 
+    Ctrl-C (or the notebook's stop button) stops training cleanly and raises TrainingInterrupted,
+    so a "Run All" stops too; the History so far is in last_history().
+    """
+    global _last_history
+    run = _start_run(model, train, val, epochs, optimizer, lr, loss, batch_size, device,
+                     callbacks, fast, progress, live_plot, nan_guard, label)
+    _last_history = run.history
+    run.fire("on_train_begin")
+    start_epoch = _resume(run, resume, callbacks)
+    interrupted = False
+    try:
+        with _speedups(run.device, fast):
+            for epoch in range(start_epoch, epochs):
+                run.epoch = epoch
+                good_state = run.snapshot() if nan_guard else None
+                run.fire("on_epoch_begin")
+                record = train_one_epoch(run, train_step)
+                if record is None:                      # the loss became NaN or infinite
+                    _stop_on_non_finite(run, good_state)
+                    break
+                if run.val is not None:
+                    scores = evaluate(run.model, run.val, loss=run.loss_fn, device=run.device, fast=fast)
+                    record["val_loss"], record["val_acc"] = scores["loss"], scores["acc"]
+                run.history.epochs.append(record)
+                run.fire("on_epoch_end", record)
+                if run.stop_reason:
+                    break
+    except KeyboardInterrupt:
+        run.stop_reason, interrupted = "interrupted", True
+    finally:
+        run.history.stop_reason = run.stop_reason
+        run.fire("on_train_end")
+    if interrupted:
+        done = len(run.history.epochs)
+        raise TrainingInterrupted(
+            f"Training stopped during epoch {run.epoch + 1} of {epochs}. The model keeps its current "
+            f"weights; the History of the {done} completed epoch(s) is cu.last_history().",
+            run.history) from None
+    return run.history
+
+
+def _start_run(model, train, val, epochs, optimizer, lr, loss, batch_size, device, callbacks,
+               fast, progress, live_plot, nan_guard, label) -> TrainingRun:
+    """Check the arguments and build the TrainingRun: data on the device, optimizer, callbacks."""
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a whole number >= 0, got {epochs!r}.")
     device = get_device(device)
@@ -329,17 +380,7 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, optimizer="sgd",
     if len(train) == 0:
         raise ValueError("The training data has no batches: it is empty, or smaller than "
                          "batch_size with drop_last=True.")
-    loss_fn = _resolve_loss(loss)
-    optimizer = _resolve_optimizer(model, optimizer, lr)
-    amp_dtype = _amp_dtype(device, fast)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-
     callbacks = list(callbacks)
-    if resume is True:
-        found = [cb for cb in callbacks if isinstance(cb, Checkpoint)]
-        if not found:
-            raise ValueError("resume=True needs a Checkpoint callback; or pass resume='path/to/file.pt'.")
-        resume = found[0].path
     if live_plot == "auto":
         live_plot = LivePlot.available()
     if live_plot and not any(isinstance(cb, LivePlot) for cb in callbacks):
@@ -347,116 +388,84 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, optimizer="sgd",
     if progress:
         callbacks.append(ProgressBar())
     callbacks.sort(key=lambda cb: getattr(cb, "order", 0))  # checkpoints last, after schedulers
-
     history = History(label=label, iterations_per_epoch=len(train))
-    run = TrainingRun(model, optimizer, train, val, device, epochs, history, scaler, callbacks)
-    for cb in callbacks:
-        cb.on_train_begin(run)
-    start_epoch = 0
-    if resume is not None:
-        resume = Path(resume)
-        if resume.exists():
-            run.load_checkpoint_state(torch.load(resume, map_location=device, weights_only=True))
-            start_epoch = len(history.epochs)
-            print(f"Resumed from {resume}: {start_epoch} of {epochs} epochs already done.")
-        else:
-            print(f"No checkpoint at {resume} yet: starting from scratch.")
-
-    autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)  # noqa: E731
-    checked_shapes = False
-    try:
-        with _speedups(device, fast):
-            for epoch in range(start_epoch, epochs):
-                run.epoch = epoch
-                good_weights = copy.deepcopy(model.state_dict()) if nan_guard else None
-                for cb in callbacks:
-                    cb.on_epoch_begin(run)
-                model.train()
-                started = time.perf_counter()
-                batch_losses, batch_sizes, correct = [], [], None
-                for batch in train:
-                    x, y = _move(batch, device) if not isinstance(train, TensorLoader) else batch
-                    with autocast():
-                        output = model(x)
-                        if not checked_shapes:
-                            check_output_matches_target(output, y, loss_fn)
-                            checked_shapes = True
-                        loss_value = loss_fn(output, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    run._unscaled = False
-                    if scaler is not None:
-                        scaler.scale(loss_value).backward()
-                    else:
-                        loss_value.backward()
-                    for cb in callbacks:
-                        cb.on_after_backward(run)
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    batch_losses.append(loss_value.detach())
-                    batch_sizes.append(len(y))
-                    if _is_classification(output, y):
-                        hits = (output.detach().argmax(1) == y).sum()
-                        correct = hits if correct is None else correct + hits
-                    run.iteration += 1
-                    for cb in callbacks:
-                        cb.on_batch_end(run, loss_value)
-                    if nan_guard and run.iteration % NAN_CHECK_EVERY == 0:
-                        if not torch.isfinite(torch.stack(batch_losses[-NAN_CHECK_EVERY:])).all():
-                            break
-                    if run.stop_reason:
-                        break
-                losses = torch.stack(batch_losses).float().cpu()
-                seconds = time.perf_counter() - started
-                history.iteration_loss.extend(losses.tolist())
-                if nan_guard and not torch.isfinite(losses).all():
-                    _stop_on_non_finite(run, losses, good_weights)
-                    break
-                seen = sum(batch_sizes)
-                weights = torch.tensor(batch_sizes, dtype=torch.float32)
-                record = {
-                    "epoch": epoch + 1,
-                    "train_loss": float((losses * weights).sum() / seen),
-                    "train_acc": float(correct) / seen if correct is not None else None,
-                    "val_loss": None,
-                    "val_acc": None,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "seconds": seconds,
-                    "examples_per_s": seen / seconds,
-                }
-                if val is not None:
-                    scores = evaluate(model, val, loss=loss_fn, device=device, fast=fast)
-                    record["val_loss"], record["val_acc"] = scores["loss"], scores["acc"]
-                history.epochs.append(record)
-                for cb in callbacks:
-                    cb.on_epoch_end(run, record)
-                if run.stop_reason:
-                    break
-    except KeyboardInterrupt:
-        run.stop_reason = "interrupted"
-        print(f"\nTraining interrupted during epoch {run.epoch + 1}: returning the History of the "
-              f"{len(history.epochs)} completed epoch(s); the model keeps its current weights.")
-    finally:
-        history.stop_reason = run.stop_reason
-        for cb in callbacks:
-            cb.on_train_end(run)
-    return history
+    return TrainingRun(model, _resolve_optimizer(model, optimizer, lr), _resolve_loss(loss), train,
+                       val, device, epochs, callbacks, history, mixed_precision_dtype(device, fast),
+                       nan_guard)
 
 
-def _stop_on_non_finite(run: TrainingRun, losses: torch.Tensor, good_weights) -> None:
+def _resume(run: TrainingRun, resume, callbacks) -> int:
+    """Load the checkpoint `resume` names, if there is one; return the epoch to start from."""
+    if resume is None:
+        return 0
+    if resume is True:
+        found = [cb for cb in callbacks if isinstance(cb, Checkpoint)]
+        if not found:
+            raise ValueError("resume=True needs a Checkpoint callback; or pass resume='path/to/file.pt'.")
+        resume = found[0].path
+    resume = Path(resume)
+    if not resume.exists():
+        print(f"No checkpoint at {resume} yet: starting from scratch.")
+        return 0
+    run.load_checkpoint_state(Checkpoint.read(resume))
+    done = len(run.history.epochs)
+    print(f"Resumed from {resume}: {done} of {run.epochs} epochs already done.")
+    return done
+
+
+def train_one_epoch(run: TrainingRun, step=train_step) -> dict | None:
+    """Run `step` on every batch of run.train; return the epoch's record (None if the loss
+    became NaN or infinite and run.nan_guard is on)."""
+    run.model.train()
+    started = time.perf_counter()
+    batch_losses, batch_sizes, correct = [], [], None
+    for batch in run.train:
+        x, y = batch if isinstance(run.train, TensorLoader) else _move(batch, run.device)
+        run._unscaled = False
+        loss, output = step(run, x, y)
+        batch_losses.append(loss.detach())
+        batch_sizes.append(len(y))
+        if _is_classification(output, y):
+            hits = (output.detach().argmax(1) == y).sum()
+            correct = hits if correct is None else correct + hits
+        run.iteration += 1
+        run.fire("on_batch_end", loss)
+        if run.nan_guard and run.iteration % NAN_CHECK_EVERY == 0:
+            if not torch.isfinite(torch.stack(batch_losses[-NAN_CHECK_EVERY:])).all():
+                break
+        if run.stop_reason:
+            break
+    losses = torch.stack(batch_losses).float().cpu()
+    seconds = time.perf_counter() - started
+    run.history.iteration_loss.extend(losses.tolist())
+    if run.nan_guard and not torch.isfinite(losses).all():
+        return None
+    seen = sum(batch_sizes)
+    weights = torch.tensor(batch_sizes, dtype=torch.float32)
+    return {
+        "epoch": run.epoch + 1,
+        "train_loss": float((losses * weights).sum() / seen),
+        "train_acc": float(correct) / seen if correct is not None else None,
+        "val_loss": None,
+        "val_acc": None,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "seconds": seconds,
+        "examples_per_s": seen / seconds,
+    }
+
+
+def _stop_on_non_finite(run: TrainingRun, good_state) -> None:
+    losses = torch.tensor(run.history.iteration_loss)  # every earlier epoch was finite
     bad = int((~torch.isfinite(losses)).nonzero()[0])
-    iteration = run.iteration - len(losses) + bad + 1
-    value = losses[bad].item()
-    run.model.load_state_dict(good_weights)
+    iteration, value = bad + 1, losses[bad].item()
+    run.restore(good_state)
     run.stop_reason = "non-finite loss"
     done = len(run.history.epochs)
     kept = f"the end of epoch {done}" if done else "before training started"
     message = (
         f"The loss became {value} at iteration {iteration} (epoch {run.epoch + 1}); training stopped "
-        f"and the model keeps its weights from {kept}. Usual fixes: a smaller learning rate "
-        f"(lr is {run.optimizer.param_groups[0]['lr']:g} now), gradient clipping "
+        f"and the model keeps its weights and optimizer state from {kept}. Usual fixes: a smaller "
+        f"learning rate (lr is {run.optimizer.param_groups[0]['lr']:g} now), gradient clipping "
         "(callbacks=[GradientClipping(1.0)]), or checking the inputs for NaN or huge values.")
     print(message)
     warnings.warn(message, NonFiniteLossWarning, stacklevel=3)
@@ -479,42 +488,43 @@ def _batches(data, device, batch_size=1024):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, loss="cross_entropy", device=None, fast: bool = True) -> dict:
-    """Mean loss and accuracy (None for regression) of `model` on `data`, in evaluation mode."""
-    device = get_device(device) if device is not None else _model_device(model)
-    loss_fn = _resolve_loss(loss)
-    amp_dtype = _amp_dtype(device, fast)
+def _outputs(model: nn.Module, data, device, fast: bool):
+    """(float32 output, target) for each batch: in evaluation mode, at the precision fit() trains
+    with, so evaluate() and predict() see the same numbers."""
+    amp_dtype = mixed_precision_dtype(device, fast)
     was_training = model.training
     model.eval()
-    total_loss, correct, count, classification = 0.0, 0, 0, False
     try:
         for x, y in _batches(data, device):
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 output = model(x)
-                total_loss += loss_fn(output, y).float() * len(y)
+            yield output.float(), y
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model: nn.Module, data, loss="cross_entropy", device=None, fast: bool = True) -> dict:
+    """Mean loss and accuracy (None for regression) of `model` on `data`, in evaluation mode."""
+    device = get_device(device) if device is not None else _model_device(model)
+    loss_fn = _resolve_loss(loss)
+    total_loss, correct, count, classification = 0.0, 0, 0, False
+    with torch.no_grad():
+        for output, y in _outputs(model, data, device, fast):
+            total_loss += loss_fn(output, y) * len(y)
             if _is_classification(output, y):
                 classification = True
                 correct += (output.argmax(1) == y).sum()
             count += len(y)
-    finally:
-        model.train(was_training)
     if count == 0:
         raise ValueError("evaluate() got no data: the loader or tensors are empty.")
-    mean_loss = float(total_loss) / count
-    return {"loss": mean_loss, "acc": float(correct) / count if classification else None}
+    return {"loss": float(total_loss) / count, "acc": float(correct) / count if classification else None}
 
 
-@torch.no_grad()
-def predict(model: nn.Module, data, device=None) -> torch.Tensor:
-    """The model's outputs (e.g. logits) for every example in `data`, concatenated, on the CPU."""
+def predict(model: nn.Module, data, device=None, fast: bool = True) -> torch.Tensor:
+    """The model's outputs (e.g. logits) for every example in `data`, concatenated, on the CPU,
+    computed exactly as evaluate() computes them."""
     device = get_device(device) if device is not None else _model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        outputs = [model(x).float().cpu() for x, _ in _batches(data, device)]
-    finally:
-        model.train(was_training)
-    return torch.cat(outputs)
+    return torch.cat([output.cpu() for output, _ in _outputs(model, data, device, fast)])
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -522,5 +532,6 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(dim=1) == labels).float().mean().item()
 
 
-__all__ = ["History", "TrainingRun", "fit", "evaluate", "predict", "accuracy", "save_atomic",
+__all__ = ["History", "TrainingRun", "TrainingInterrupted", "fit", "train_step", "train_one_epoch",
+           "evaluate", "predict", "accuracy", "last_history", "mixed_precision_dtype",
            "NonFiniteLossWarning", "check_output_matches_target"]

@@ -80,3 +80,52 @@ def test_benchmark_smoke_run_prints_its_json_line():
     assert set(record) >= {"baseline_ex_per_s", "course_ex_per_s", "ratio", "baseline_test_acc",
                            "course_test_acc"}
     assert record["ratio"] == pytest.approx(record["course_ex_per_s"] / record["baseline_ex_per_s"], rel=0.01)
+
+
+def test_run_reports_a_stalled_cell_as_failed_and_names_it(tmp_path, capsys):
+    stuck = _notebook(tmp_path / "03_stuck.ipynb", "x = 1", "import time\ntime.sleep(60)", "print('never')")
+    code = cli.main(["run", str(stuck), "-o", str(tmp_path / "build"), "--timeout", "3"])
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert "03_stuck.ipynb  failed" in printed
+    assert "cell 2 (import time): ran past its 3 s limit (stalled)" in printed
+
+
+def test_stopping_fit_during_run_all_stops_the_run_and_keeps_the_history():
+    """The notebook's stop button sends the kernel SIGINT. During "Run All" the cells after the
+    training cell must not run (their execute requests are aborted), and the History of the
+    completed epochs must be there afterwards."""
+    from jupyter_client.manager import start_new_kernel
+
+    training = (
+        "import os, signal, torch\n"
+        "import course_utils as cu\n"
+        "class StopButton(cu.Callback):\n"
+        "    def on_batch_end(self, run, loss):\n"
+        "        if run.iteration == 25:\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "x, y = cu.make_spirals()\n"
+        "torch.manual_seed(0)\n"
+        "model = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))\n"
+        "history = cu.fit(model, (x, y), epochs=10, lr=0.1, batch_size=60, progress=False,\n"
+        "                 live_plot=False, callbacks=[StopButton()])\n")
+    km, kc = start_new_kernel(kernel_name="python3", extra_arguments=["--IPKernelApp.log_level=ERROR"])
+    try:
+        first = kc.execute(training)            # "Run All": both cells are queued at once
+        second = kc.execute("next_cell_ran = True")
+        replies = {}
+        while len(replies) < 2:
+            msg = kc.get_shell_msg(timeout=120)
+            replies[msg["parent_header"]["msg_id"]] = msg["content"]
+        assert replies[first]["status"] == "error"
+        assert replies[first]["ename"] == "TrainingInterrupted"
+        assert "during epoch 3 of 10" in replies[first]["evalue"]
+        assert replies[second]["status"] == "aborted"
+        check = kc.execute("h = cu.last_history()\n"
+                           "assert len(h) == 2 and h.stop_reason == 'interrupted', h\n"
+                           "assert 'next_cell_ran' not in globals() and 'history' not in globals()",
+                           reply=True, timeout=60)
+        assert check["content"]["status"] == "ok", check["content"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

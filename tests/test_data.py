@@ -188,3 +188,13 @@ def test_synthetic_sets():
     x, y = make_polynomial_regression(20, coefficients=(1.0, 2.0), noise=0.0, seed=0)
     torch.testing.assert_close(y, 1.0 + 2.0 * x)
     assert x.min() >= -1 and x.max() <= 1
+
+
+def test_damaged_deflate_stream_is_a_dataset_error_that_names_the_fix(dataset_copy):
+    target = dataset_copy / "t10k-labels-idx1-ubyte.gz"
+    damaged = bytearray(target.read_bytes())
+    header = 10 + (damaged.index(0, 10) + 1 - 10 if damaged[3] & 0x08 else 0)  # skip a stored name
+    damaged[header] = 0xFF  # the first deflate block now has the reserved block type 3
+    target.write_bytes(bytes(damaged))
+    with pytest.raises(DatasetError, match="t10k-labels-idx1-ubyte.gz cannot be read.*Fix: delete it"):
+        load_fashion_mnist(dataset_copy, download=False)

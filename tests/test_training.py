@@ -7,8 +7,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import small_mlp
 from course_utils import (Callback, Checkpoint, EarlyStopping, GradientClipping, History,
                           LRScheduler, NonFiniteLossWarning, TensorLoader, evaluate,
-                          fashion_mnist_loaders, fit, get_device, lenet, make_polynomial_regression,
-                          one_cycle, predict, seed_everything)
+                          fashion_mnist_loaders, fit, get_device, last_history, lenet,
+                          make_polynomial_regression, one_cycle, predict, seed_everything)
 
 
 def test_fit_learns_spirals_and_records_a_history(spirals):
@@ -100,20 +100,23 @@ def test_unknown_device_names_are_explained(spirals):
     assert get_device("cpu") == torch.device("cpu")
 
 
+class PoisonAfterTwoEpochs(Callback):
+    """Epoch 3 blows up: the weights become NaN during its fourth step."""
+    def on_batch_end(self, run, loss):
+        if run.epoch == 2 and run.iteration % run.batches_per_epoch == 4:
+            with torch.no_grad():
+                run.model[0].weight.fill_(float("nan"))
+
+
+class Snapshot(Callback):
+    """The model's and the optimizer's state at the end of each epoch."""
+    def on_epoch_end(self, run, record):
+        self.weights = copy.deepcopy(run.model.state_dict())
+        self.optimizer = copy.deepcopy(run.optimizer.state_dict())
+
+
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_weights(spirals):
     x, y = spirals
-
-    class PoisonAfterTwoEpochs(Callback):
-        """Epoch 3 blows up: the weights become NaN during its fourth step."""
-        def on_batch_end(self, run, loss):
-            if run.epoch == 2 and run.iteration % run.batches_per_epoch == 4:
-                with torch.no_grad():
-                    run.model[0].weight.fill_(float("nan"))
-
-    class Snapshot(Callback):
-        def on_epoch_end(self, run, record):
-            self.weights = copy.deepcopy(run.model.state_dict())
-
     snapshot = Snapshot()
     model = small_mlp()
     with pytest.warns(NonFiniteLossWarning, match=r"loss became nan.*epoch 3.*end of epoch 2.*smaller learning rate"):
@@ -141,11 +144,16 @@ class InterruptAt(Callback):
             raise KeyboardInterrupt
 
 
-def test_ctrl_c_returns_the_history_so_far(spirals, capsys):
-    history = fit(small_mlp(), spirals, epochs=10, lr=0.1, batch_size=60, progress=False,
-                  callbacks=[InterruptAt(25)])  # 10 batches per epoch: during epoch 3
+def test_ctrl_c_stops_with_an_interrupt_that_carries_the_history(spirals):
+    from course_utils import TrainingInterrupted, last_history
+
+    with pytest.raises(TrainingInterrupted, match="during epoch 3 of 10.*last_history") as caught:
+        fit(small_mlp(), spirals, epochs=10, lr=0.1, batch_size=60, progress=False,
+            callbacks=[InterruptAt(25)])  # 10 batches per epoch: during epoch 3
+    assert isinstance(caught.value, KeyboardInterrupt)  # so it stops a notebook's "Run All" too
+    history = caught.value.history
     assert history.stop_reason == "interrupted" and len(history) == 2
-    assert "interrupted during epoch 3" in capsys.readouterr().out
+    assert len(history.iteration_loss) == 20 and last_history() is history
 
 
 def _lenet_run(tmp_path, callbacks=(), resume=None, epochs=4):
@@ -167,7 +175,9 @@ def test_resume_after_an_interrupt_gives_the_uninterrupted_result(tmp_path):
     straight_model, straight = _lenet_run(tmp_path)
 
     path = tmp_path / "run.pt"
-    _, interrupted = _lenet_run(tmp_path, callbacks=[Checkpoint(path), InterruptAt(16 * 2 + 5)])
+    with pytest.raises(KeyboardInterrupt):
+        _lenet_run(tmp_path, callbacks=[Checkpoint(path), InterruptAt(16 * 2 + 5)])
+    interrupted = last_history()
     assert interrupted.stop_reason == "interrupted" and len(interrupted) == 2
     resumed_model, resumed = _lenet_run(tmp_path, callbacks=[Checkpoint(path)], resume=path)
 
@@ -278,3 +288,164 @@ def test_lenet_bn_reaches_90_percent_in_ten_epochs():
     acc = evaluate(model, test)["acc"]
     print(f"LeNet-BN test accuracy after 10 epochs: {acc:.4f}")
     assert acc >= 0.90 and history.last["train_acc"] > 0.9
+
+
+# ---------------------------------------------------------------------------------------------
+# Details users trip over (issue: the GPU path, the loader and fit() made right)
+# ---------------------------------------------------------------------------------------------
+
+def test_an_unseeded_loader_follows_seed_everything_and_leaves_the_global_generator_alone():
+    def order(seed):
+        seed_everything(seed)
+        loader = TensorLoader(torch.arange(100), batch_size=100, shuffle=True, device="cpu")
+        return next(iter(loader))[0].tolist()
+
+    assert order(1) == order(1) and order(1) != order(2)
+    seed_everything(5)
+    TensorLoader(torch.arange(10), shuffle=True, seed=None, device="cpu")
+    after_loader = torch.rand(3)
+    seed_everything(5)
+    torch.empty((), dtype=torch.int64).random_()     # the one number DataLoader draws
+    assert torch.equal(after_loader, torch.rand(3))  # the global stream went on: no reseeding
+
+
+def test_history_is_indexed_by_position_and_iterates_over_epoch_records(spirals):
+    history = fit(small_mlp(), spirals, spirals, epochs=3, lr=0.1, progress=False)
+    assert history[-1] is history.last and history[0]["epoch"] == 1
+    assert [r["epoch"] for r in history[1:]] == [2, 3]
+    assert [record["epoch"] for record in history] == [1, 2, 3]
+    assert history["epoch"] == [1, 2, 3]
+    with pytest.raises(IndexError, match="3 epoch"):
+        history[3]
+
+
+@pytest.mark.parametrize("loss", [torch.nn.MSELoss(), torch.nn.L1Loss(), "mse"])
+def test_the_shape_guard_also_knows_loss_modules(loss):
+    x, y = make_polynomial_regression(64)
+    with pytest.raises(ValueError, match=r"\(32, 1\).*\(32,\).*broadcast"):
+        fit(torch.nn.Linear(1, 1), (x[:, None], y), epochs=1, lr=0.1, loss=loss, batch_size=32,
+            progress=False)
+
+
+def test_the_shape_guard_explains_a_cross_entropy_module_too(spirals):
+    with pytest.raises(ValueError, match=r"2 classes, but the labels go up to 2"):
+        fit(small_mlp(classes=2), spirals, epochs=1, lr=0.1, loss=torch.nn.CrossEntropyLoss(),
+            progress=False)
+
+
+def test_nan_guard_restores_the_optimizer_state_as_well_as_the_weights(spirals):
+    x, y = spirals
+    snapshot, model = Snapshot(), small_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with pytest.warns(NonFiniteLossWarning, match="weights and optimizer state"):
+        fit(model, (x, y), epochs=5, optimizer=optimizer, batch_size=32, progress=False,
+            callbacks=[PoisonAfterTwoEpochs(), snapshot])
+    kept, good = optimizer.state_dict()["state"], snapshot.optimizer["state"]
+    assert kept.keys() == good.keys() and kept
+    for index in kept:
+        buffer = kept[index]["momentum_buffer"]
+        assert torch.isfinite(buffer).all() and torch.equal(buffer, good[index]["momentum_buffer"])
+
+
+def test_a_custom_train_step_replaces_the_default_one(spirals):
+    from course_utils import train_step
+
+    calls = []
+
+    def counting_step(run, x, y):
+        calls.append(len(x))
+        return train_step(run, x, y)
+
+    model_a, model_b = small_mlp(), small_mlp()
+    loader = TensorLoader(*spirals, batch_size=100, device="cpu")
+    fit(model_a, loader, epochs=2, lr=0.1, progress=False, train_step=counting_step)
+    fit(model_b, loader, epochs=2, lr=0.1, progress=False)
+    assert calls == [100] * 12
+    for a, b in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.equal(a, b)
+
+    def l2_step(run, x, y):  # what lesson 03 shows: a penalty added inside the step
+        with run.autocast():
+            loss = run.loss(run.model(x), y) + 0.5 * sum((p ** 2).sum() for p in run.model.parameters())
+        run.optimizer.zero_grad()
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        return loss, run.model(x)
+
+    shrunk = small_mlp()
+    fit(shrunk, loader, epochs=2, lr=0.1, progress=False, train_step=l2_step)
+    norm = lambda m: sum(p.norm() ** 2 for p in m.parameters())  # noqa: E731
+    assert norm(shrunk) < norm(model_b)
+
+
+def test_bfloat16_only_where_the_gpu_computes_it_natively(monkeypatch):
+    from course_utils.training import mixed_precision_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulated on a T4
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert mixed_precision_dtype(cuda, fast=True) == torch.float16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert mixed_precision_dtype(cuda, fast=True) == torch.bfloat16
+    assert mixed_precision_dtype(cuda, fast=False) is None
+    assert mixed_precision_dtype(torch.device("cpu")) is None
+
+
+def test_float16_with_loss_scaling_trains_and_clips(monkeypatch, spirals):
+    """The float16 path (a GPU older than compute capability 8.0), run on the CPU."""
+    import course_utils.training as training
+
+    monkeypatch.setattr(training, "mixed_precision_dtype",
+                        lambda device, fast=True: torch.float16 if fast else None)
+    clip = GradientClipping(max_norm=1.0)
+    history = fit(small_mlp(), spirals, epochs=15, optimizer="adam", lr=0.01, batch_size=60,
+                  progress=False, callbacks=[clip])
+    assert history.last["train_acc"] > 0.8
+    assert all(0 < n < 1e3 for n in clip.norms)  # unscaled before clipping: real gradient norms
+
+
+def test_evaluate_and_predict_agree_under_mixed_precision(monkeypatch, spirals):
+    import course_utils.training as training
+
+    x, y = spirals
+    model = small_mlp()
+    fit(model, (x, y), epochs=5, lr=0.1, progress=False)
+    full = evaluate(model, (x, y))["loss"]
+    monkeypatch.setattr(training, "mixed_precision_dtype",
+                        lambda device, fast=True: torch.bfloat16 if fast else None)
+    scores, logits = evaluate(model, (x, y)), predict(model, x)
+    assert scores["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
+    assert scores["acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
+    assert scores["loss"] != full  # bfloat16 really was used (else this test would prove nothing)
+    assert predict(model, x, fast=False).dtype == torch.float32
+
+
+def test_checkpoints_are_read_onto_the_cpu(tmp_path, spirals):
+    path = tmp_path / "c.pt"
+    fit(small_mlp(), spirals, epochs=1, lr=0.1, progress=False, callbacks=[Checkpoint(path)])
+    state = Checkpoint.read(path)
+    assert state["rng_cpu"].device.type == "cpu" and state["rng_cpu"].dtype == torch.uint8
+    assert all(t.device.type == "cpu" for t in state["model"].values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_resume_on_cuda_gives_the_uninterrupted_result(tmp_path, spirals):
+    def run(callbacks=(), resume=None):
+        seed_everything(0)
+        model = small_mlp()
+        loader = TensorLoader(*spirals, batch_size=60, shuffle=True, device="cuda", seed=0)
+        try:
+            history = fit(model, loader, epochs=4, lr=0.1, progress=False, device="cuda",
+                          callbacks=list(callbacks), resume=resume)
+        except KeyboardInterrupt:
+            history = last_history()
+        return model, history
+
+    straight_model, straight = run()
+    path = tmp_path / "run.pt"
+    run([Checkpoint(path), InterruptAt(25)])
+    resumed_model, resumed = run([Checkpoint(path)], resume=path)
+    assert len(resumed) == 4
+    for a, b in zip(straight_model.parameters(), resumed_model.parameters()):
+        torch.testing.assert_close(a, b)
