@@ -3,8 +3,10 @@
 A stall is a cell that ran past its time limit. On a busy machine, PyTorch's CPU threads spinning
 while they wait for each other made a 10-second training cell take minutes in a Jupyter kernel
 (course_utils/cpu_threads.py explains it); nbclient then shut the kernel down under the running
-cell, whose reply failed with "ZMQError: Socket operation on non-socket". This script found that
-and proves the fix. By default lesson 00 runs 30 times, each cell limited to 120 s, while a
+cell, whose reply failed with "ZMQError: Socket operation on non-socket". With that fixed, a
+second cause showed: a reply that had arrived but whose wake-up the client missed, read only when
+the cell limit ran out (course_utils/notebooks.py now wakes every second). This script found both
+and proves the fixes. By default lesson 00 runs 30 times, each cell limited to 120 s, while a
 low-priority busy loop keeps one core occupied (the "busy laptop").
 
     python benchmarks/stress_notebook_runs.py                      # 30 runs of lesson 00, under load

@@ -5,9 +5,11 @@
     history = fit(lenet(), train, val, epochs=5, lr=0.9)
     history.plot()
 
-Modules, one idea each: data (datasets, splits, the on-device loader), models, training (fit,
-evaluate, predict, History), callbacks, plots, environment (devices, seeds), notebooks (running
-the course headless) and cli (the `course` command).
+Modules, one idea each, for the lessons: data (datasets, splits, the on-device loader), models,
+training (fit, train_step, evaluate, predict), history (what fit measured), callbacks, plots,
+environment (devices, seeds), report (versions, device, dataset), files (atomic writes) and
+cpu_threads (how PyTorch's CPU threads wait). Instructor tooling, apart: notebooks (running the
+course headless), grading and grading_worker, cli (the `course` command).
 """
 
 from .cpu_threads import calm_openmp_spinning

@@ -255,9 +255,10 @@ class TensorLoader:
     GPU. Here the whole dataset is moved once; a batch is one indexing operation on the device,
     and `transform` (normalization, augmentation) runs on the whole batch there too.
     The shuffle order comes from its own CPU generator, so it is the same on every device and
-    can be saved and restored (see `state_dict`) for resuming training. That generator starts from
-    `seed`, or, by default, from a number drawn from torch's global generator, as DataLoader does:
-    after seed_everything(s) the order follows s, and the global generator is never reseeded.
+    can be saved and restored (see `state_dict`) for resuming training. With a `seed` it starts
+    from that seed once. Without one (the default), each pass over the data reseeds it with a
+    number drawn from torch's global generator, as DataLoader does: after seed_everything(s) the
+    order follows s, and the global generator is never reseeded.
     """
 
     def __init__(self, *tensors, batch_size: int = 256, shuffle: bool = False, transform=None,
@@ -274,9 +275,8 @@ class TensorLoader:
         self.tensors = tuple(torch.as_tensor(t).to(self.device) for t in tensors)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.transform = transform
+        self.seed = seed
         self.generator = torch.Generator()
-        if seed is None and shuffle:
-            seed = int(torch.empty((), dtype=torch.int64).random_().item())
         self.generator.manual_seed(seed if seed is not None else 0)
 
     def __len__(self) -> int:
@@ -289,6 +289,8 @@ class TensorLoader:
 
     def __iter__(self):
         n, bs = len(self.tensors[0]), self.batch_size
+        if self.shuffle and self.seed is None:  # follow the global generator, as DataLoader does
+            self.generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
         order = torch.randperm(n, generator=self.generator).to(self.device) if self.shuffle else None
         for start in range(0, len(self) * bs, bs):
             if order is None:
@@ -307,7 +309,7 @@ class TensorLoader:
             return self
         clone = TensorLoader(*self.tensors, batch_size=self.batch_size, shuffle=self.shuffle,
                              transform=self.transform, drop_last=self.drop_last, device=device,
-                             seed=0)  # any seed: the state is copied next
+                             seed=self.seed)
         clone.generator.set_state(self.generator.get_state())
         return clone
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 
@@ -34,11 +35,17 @@ class History:
             if self.epochs and key not in self.epochs[0]:
                 raise KeyError(f"No metric {key!r}; this History has {list(self.epochs[0])}.")
             return [record[key] for record in self.epochs]
-        if isinstance(key, (int, slice)):
-            if isinstance(key, int) and not -len(self.epochs) <= key < len(self.epochs):
-                raise IndexError(f"Epoch index {key} is out of range: this History has "
-                                 f"{len(self.epochs)} epoch(s).")
+        if isinstance(key, slice):
             return self.epochs[key]
+        try:
+            position = operator.index(key)  # an int, or a NumPy / torch integer (e.g. an argmin)
+        except TypeError:
+            position = None
+        if position is not None:
+            if not -len(self.epochs) <= position < len(self.epochs):
+                raise IndexError(f"Epoch index {position} is out of range: this History has "
+                                 f"{len(self.epochs)} epoch(s).")
+            return self.epochs[position]
         raise TypeError(f"Index a History by position (history[-1]) or by metric name "
                         f"(history['val_acc']), not by {type(key).__name__}.")
 

@@ -101,6 +101,18 @@ class TrainingRun:
             self._shapes_checked = True
         return self.loss_fn(output, target)
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """loss.backward() (float16: on the scaled loss, so small gradients survive), then the
+        callbacks that read gradients (clipping, diagnostics)."""
+        self.scaler.scale(loss).backward()
+        self.fire("on_after_backward")
+
+    def step(self) -> None:
+        """optimizer.step() (float16: skipped when a gradient overflowed, and the scale adapted)."""
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self._unscaled = False
+
     def unscale_gradients(self) -> None:
         """With float16 mixed precision, gradients are scaled; call this before reading them."""
         if not self._unscaled:
@@ -290,25 +302,8 @@ def _model_device(model: nn.Module) -> torch.device:
 # fit: the outline
 # ---------------------------------------------------------------------------------------------
 
-def train_step(run: TrainingRun, x: torch.Tensor, y: torch.Tensor):
-    """One optimizer step on one batch: forward, loss, backward, update. Returns (loss, output).
-
-    This is lesson 00's hand-written loop body. To change what a step does, copy this function,
-    edit it, and pass it as fit(..., train_step=my_step).
-    """
-    with run.autocast():                  # mixed precision on CUDA, nothing elsewhere
-        output = run.model(x)
-        loss = run.loss(output, y)        # the loss function; shapes checked on the first batch
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()     # float16 only: scaled so small gradients survive
-    run.fire("on_after_backward")         # gradient clipping, diagnostics
-    run.scaler.step(run.optimizer)        # optimizer.step() (float16: unless a gradient overflowed)
-    run.scaler.update()
-    return loss, output
-
-
 def fit(model: nn.Module, train, val=None, *, epochs: int = 10, optimizer="sgd", lr: float | None = None,
-        loss="cross_entropy", batch_size: int = 256, device="auto", callbacks=(), train_step=train_step,
+        loss="cross_entropy", batch_size: int = 256, device="auto", callbacks=(), train_step=None,
         fast: bool = True, progress: bool = True, live_plot="auto", resume=None,
         nan_guard: bool = True, label: str | None = None) -> History:
     """Train `model` on `train` for `epochs` epochs and return a History.
@@ -321,7 +316,8 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, optimizer="sgd",
     device: 'auto' picks CUDA, then Apple MPS, then the CPU. On CUDA, fast=True turns on mixed
         precision (see mixed_precision_dtype), TF32 and cuDNN autotuning.
     callbacks: EarlyStopping, Checkpoint, LRScheduler, GradientClipping, ... (course_utils.callbacks).
-    train_step: what one batch does (see train_step); pass your own to change it.
+    train_step: what one batch does, a function (run, x, y) -> (loss, output); default
+        course_utils.train_step. Pass your own to change it.
     live_plot: 'auto' draws updating learning curves in Jupyter; True / False force it.
     resume: a checkpoint file written by Checkpoint; training continues from its last epoch.
     nan_guard: stop with a clear message when the loss becomes NaN or infinite, restoring the
@@ -335,15 +331,15 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, optimizer="sgd",
                      callbacks, fast, progress, live_plot, nan_guard, label)
     _last_history = run.history
     run.fire("on_train_begin")
-    start_epoch = _resume(run, resume, callbacks)
     interrupted = False
     try:
+        start_epoch = _resume(run, resume, callbacks)
         with _speedups(run.device, fast):
             for epoch in range(start_epoch, epochs):
                 run.epoch = epoch
                 good_state = run.snapshot() if nan_guard else None
                 run.fire("on_epoch_begin")
-                record = train_one_epoch(run, train_step)
+                record = train_one_epoch(run, train_step or default_train_step)
                 if record is None:                      # the loss became NaN or infinite
                     _stop_on_non_finite(run, good_state)
                     break
@@ -362,8 +358,9 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, optimizer="sgd",
     if interrupted:
         done = len(run.history.epochs)
         raise TrainingInterrupted(
-            f"Training stopped during epoch {run.epoch + 1} of {epochs}. The model keeps its current "
-            f"weights; the History of the {done} completed epoch(s) is cu.last_history().",
+            f"Training stopped during epoch {run.epoch + 1} of {epochs}. The model keeps the weights "
+            f"it has now (unless a callback such as EarlyStopping restored better ones); the History "
+            f"of the {done} completed epoch(s) is cu.last_history().",
             run.history) from None
     return run.history
 
@@ -413,31 +410,32 @@ def _resume(run: TrainingRun, resume, callbacks) -> int:
     return done
 
 
-def train_one_epoch(run: TrainingRun, step=train_step) -> dict | None:
+def train_one_epoch(run: TrainingRun, step) -> dict | None:
     """Run `step` on every batch of run.train; return the epoch's record (None if the loss
     became NaN or infinite and run.nan_guard is on)."""
     run.model.train()
     started = time.perf_counter()
     batch_losses, batch_sizes, correct = [], [], None
-    for batch in run.train:
-        x, y = batch if isinstance(run.train, TensorLoader) else _move(batch, run.device)
-        run._unscaled = False
-        loss, output = step(run, x, y)
-        batch_losses.append(loss.detach())
-        batch_sizes.append(len(y))
-        if _is_classification(output, y):
-            hits = (output.detach().argmax(1) == y).sum()
-            correct = hits if correct is None else correct + hits
-        run.iteration += 1
-        run.fire("on_batch_end", loss)
-        if run.nan_guard and run.iteration % NAN_CHECK_EVERY == 0:
-            if not torch.isfinite(torch.stack(batch_losses[-NAN_CHECK_EVERY:])).all():
+    try:
+        for batch in run.train:
+            x, y = batch if isinstance(run.train, TensorLoader) else _move(batch, run.device)
+            loss, output = step(run, x, y)
+            batch_losses.append(loss.detach())
+            batch_sizes.append(len(y))
+            if _is_classification(output, y):
+                hits = (output.detach().argmax(1) == y).sum()
+                correct = hits if correct is None else correct + hits
+            run.iteration += 1
+            run.fire("on_batch_end", loss)
+            if run.nan_guard and run.iteration % NAN_CHECK_EVERY == 0:
+                if not torch.isfinite(torch.stack(batch_losses[-NAN_CHECK_EVERY:])).all():
+                    break
+            if run.stop_reason:
                 break
-        if run.stop_reason:
-            break
-    losses = torch.stack(batch_losses).float().cpu()
+    finally:  # also when interrupted: the History keeps every loss computed
+        losses = torch.stack(batch_losses).float().cpu() if batch_losses else torch.zeros(0)
+        run.history.iteration_loss.extend(losses.tolist())
     seconds = time.perf_counter() - started
-    run.history.iteration_loss.extend(losses.tolist())
     if run.nan_guard and not torch.isfinite(losses).all():
         return None
     seen = sum(batch_sizes)
@@ -452,6 +450,24 @@ def train_one_epoch(run: TrainingRun, step=train_step) -> dict | None:
         "seconds": seconds,
         "examples_per_s": seen / seconds,
     }
+
+
+def train_step(run: TrainingRun, x: torch.Tensor, y: torch.Tensor):
+    """One optimizer step on one batch: forward, loss, backward, update. Returns (loss, output).
+
+    This is lesson 00's hand-written loop body. To change what a step does, copy this function,
+    edit it, and pass it as fit(..., train_step=my_step).
+    """
+    with run.autocast():                  # mixed precision on CUDA, nothing elsewhere
+        output = run.model(x)
+        loss = run.loss(output, y)        # the loss function; shapes checked on the first batch
+    run.optimizer.zero_grad(set_to_none=True)
+    run.backward(loss)                    # loss.backward(), then clipping and diagnostics
+    run.step()                            # optimizer.step()
+    return loss, output
+
+
+default_train_step = train_step  # what fit() uses when its train_step argument is None
 
 
 def _stop_on_non_finite(run: TrainingRun, good_state) -> None:
@@ -487,20 +503,26 @@ def _batches(data, device, batch_size=1024):
         yield batch[0], (batch[1] if len(batch) > 1 else None)
 
 
-@torch.no_grad()
-def _outputs(model: nn.Module, data, device, fast: bool):
-    """(float32 output, target) for each batch: in evaluation mode, at the precision fit() trains
-    with, so evaluate() and predict() see the same numbers."""
-    amp_dtype = mixed_precision_dtype(device, fast)
+@contextlib.contextmanager
+def _evaluation_mode(model: nn.Module):
+    """model.eval() and no gradients inside the block; the model's mode restored afterwards."""
     was_training = model.training
     model.eval()
     try:
-        for x, y in _batches(data, device):
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                output = model(x)
-            yield output.float(), y
+        with torch.no_grad():
+            yield
     finally:
         model.train(was_training)
+
+
+def _outputs(model: nn.Module, data, device, fast: bool):
+    """(float32 output, target) for each batch, at the precision fit() trains with, so evaluate()
+    and predict() see the same numbers. Call it inside _evaluation_mode."""
+    amp_dtype = mixed_precision_dtype(device, fast)
+    for x, y in _batches(data, device):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            output = model(x)
+        yield output.float(), y
 
 
 def evaluate(model: nn.Module, data, loss="cross_entropy", device=None, fast: bool = True) -> dict:
@@ -508,7 +530,7 @@ def evaluate(model: nn.Module, data, loss="cross_entropy", device=None, fast: bo
     device = get_device(device) if device is not None else _model_device(model)
     loss_fn = _resolve_loss(loss)
     total_loss, correct, count, classification = 0.0, 0, 0, False
-    with torch.no_grad():
+    with _evaluation_mode(model):
         for output, y in _outputs(model, data, device, fast):
             total_loss += loss_fn(output, y) * len(y)
             if _is_classification(output, y):
@@ -524,7 +546,8 @@ def predict(model: nn.Module, data, device=None, fast: bool = True) -> torch.Ten
     """The model's outputs (e.g. logits) for every example in `data`, concatenated, on the CPU,
     computed exactly as evaluate() computes them."""
     device = get_device(device) if device is not None else _model_device(model)
-    return torch.cat([output.cpu() for output, _ in _outputs(model, data, device, fast)])
+    with _evaluation_mode(model):
+        return torch.cat([output.cpu() for output, _ in _outputs(model, data, device, fast)])
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -153,7 +153,7 @@ def test_ctrl_c_stops_with_an_interrupt_that_carries_the_history(spirals):
     assert isinstance(caught.value, KeyboardInterrupt)  # so it stops a notebook's "Run All" too
     history = caught.value.history
     assert history.stop_reason == "interrupted" and len(history) == 2
-    assert len(history.iteration_loss) == 20 and last_history() is history
+    assert len(history.iteration_loss) == 25 and last_history() is history  # every step's loss
 
 
 def _lenet_run(tmp_path, callbacks=(), resume=None, epochs=4):
@@ -295,18 +295,24 @@ def test_lenet_bn_reaches_90_percent_in_ten_epochs():
 # ---------------------------------------------------------------------------------------------
 
 def test_an_unseeded_loader_follows_seed_everything_and_leaves_the_global_generator_alone():
-    def order(seed):
+    loader = TensorLoader(torch.arange(100), batch_size=100, shuffle=True, device="cpu")
+
+    def order(seed):  # the same loader, built before seeding, like DataLoader in a seed loop
         seed_everything(seed)
-        loader = TensorLoader(torch.arange(100), batch_size=100, shuffle=True, device="cpu")
         return next(iter(loader))[0].tolist()
 
     assert order(1) == order(1) and order(1) != order(2)
     seed_everything(5)
-    TensorLoader(torch.arange(10), shuffle=True, seed=None, device="cpu")
-    after_loader = torch.rand(3)
+    next(iter(TensorLoader(torch.arange(10), shuffle=True, seed=None, device="cpu")))
+    after_epoch = torch.rand(3)
     seed_everything(5)
-    torch.empty((), dtype=torch.int64).random_()     # the one number DataLoader draws
-    assert torch.equal(after_loader, torch.rand(3))  # the global stream went on: no reseeding
+    torch.empty((), dtype=torch.int64).random_()     # the one number DataLoader draws per epoch
+    assert torch.equal(after_epoch, torch.rand(3))   # the global stream went on: no reseeding
+    seeded = TensorLoader(torch.arange(100), batch_size=100, shuffle=True, seed=3, device="cpu")
+    seed_everything(1)
+    first = next(iter(seeded))[0].tolist()
+    seed_everything(2)
+    assert next(iter(seeded))[0].tolist() != first   # an explicit seed: its own stream of epochs
 
 
 def test_history_is_indexed_by_position_and_iterates_over_epoch_records(spirals):
@@ -315,6 +321,8 @@ def test_history_is_indexed_by_position_and_iterates_over_epoch_records(spirals)
     assert [r["epoch"] for r in history[1:]] == [2, 3]
     assert [record["epoch"] for record in history] == [1, 2, 3]
     assert history["epoch"] == [1, 2, 3]
+    import numpy as np
+    assert history[np.argmin(history["val_loss"])] is history.best("val_loss")
     with pytest.raises(IndexError, match="3 epoch"):
         history[3]
 
@@ -366,17 +374,18 @@ def test_a_custom_train_step_replaces_the_default_one(spirals):
 
     def l2_step(run, x, y):  # what lesson 03 shows: a penalty added inside the step
         with run.autocast():
-            loss = run.loss(run.model(x), y) + 0.5 * sum((p ** 2).sum() for p in run.model.parameters())
+            output = run.model(x)
+            loss = run.loss(output, y) + 0.5 * sum((p ** 2).sum() for p in run.model.parameters())
         run.optimizer.zero_grad()
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        return loss, run.model(x)
+        run.backward(loss)
+        run.step()
+        return loss, output
 
-    shrunk = small_mlp()
-    fit(shrunk, loader, epochs=2, lr=0.1, progress=False, train_step=l2_step)
+    shrunk, clip = small_mlp(), GradientClipping(max_norm=10.0)
+    fit(shrunk, loader, epochs=2, lr=0.1, progress=False, train_step=l2_step, callbacks=[clip])
     norm = lambda m: sum(p.norm() ** 2 for p in m.parameters())  # noqa: E731
     assert norm(shrunk) < norm(model_b)
+    assert len(clip.norms) == 2  # run.backward fired the gradient callbacks for the custom step
 
 
 def test_bfloat16_only_where_the_gpu_computes_it_natively(monkeypatch):
