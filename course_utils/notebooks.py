@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nbclient import NotebookClient
+
 from .files import write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +75,6 @@ def run_notebook(path: Path, output_dir: Path, timeout: int = 900) -> NotebookRe
 
     path = Path(path).resolve()
     nb = nbformat.read(path, as_version=4)
-    _PromptClient = _prompt_client_class()
     running = {"index": None, "started": None, "slowest": (0.0, None)}
 
     def on_cell_start(cell, cell_index):
@@ -84,12 +85,12 @@ def run_notebook(path: Path, output_dir: Path, timeout: int = 900) -> NotebookRe
         if seconds > running["slowest"][0]:
             running["slowest"] = (seconds, cell_index)
 
-    client = _PromptClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}},
-                            on_cell_start=on_cell_start, on_cell_executed=on_cell_executed,
-                            # a reply whose output never comes is a stall too, not a warning
-                            raise_on_iopub_timeout=True, iopub_timeout=60,
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no start-up chatter
+    client = PromptClient(nb, timeout=timeout, kernel_name="python3",
+                           resources={"metadata": {"path": str(path.parent)}},
+                           on_cell_start=on_cell_start, on_cell_executed=on_cell_executed,
+                           # a reply whose output never comes is a stall too, not a warning
+                           raise_on_iopub_timeout=True, iopub_timeout=60,
+                           extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no start-up chatter
     os.environ["COURSE_HEADLESS"] = "1"  # the kernel inherits it: live plots draw once, at the end
     os.environ.pop("MPLBACKEND", None)   # a kernel must keep Jupyter's inline backend to show figures
     started = time.perf_counter()
@@ -115,25 +116,20 @@ def run_notebook(path: Path, output_dir: Path, timeout: int = 900) -> NotebookRe
     return NotebookResult(path, "failed" if error else "ok", seconds, html, error, stalled)
 
 
-def _prompt_client_class():
-    from nbclient import NotebookClient
+class PromptClient(NotebookClient):
+    """nbclient, with every wait for a kernel message woken at least once a second.
 
-    class PromptClient(NotebookClient):
-        """nbclient, with every wait for a kernel message woken at least once a second.
+    zmq.asyncio, under nbclient, can miss the wake-up for a message that has already arrived
+    (ZeroMQ signals new messages edge-triggered); the message is then seen only when the wait
+    times out, and for a cell's reply that wait is the whole cell limit. Under load, lesson 00's
+    widget cell "took" exactly its 120 s limit in 3 of 60 runs. Short waits bound the loss.
+    """
 
-        zmq.asyncio, under nbclient, can miss the wake-up for a message that has already arrived
-        (ZeroMQ signals new messages edge-triggered); the message is then seen only when the wait
-        times out, and for a cell's reply that wait is the whole cell limit. Under load, lesson 00's
-        widget cell "took" exactly its 120 s limit in 3 of 60 runs. Short waits bound the loss.
-        """
-
-        async def async_start_new_kernel_client(self):
-            kc = await super().async_start_new_kernel_client()
-            for channel in (kc.shell_channel, kc.iopub_channel):
-                channel.get_msg = wake_every_second(channel.get_msg)
-            return kc
-
-    return PromptClient
+    async def async_start_new_kernel_client(self):
+        kc = await super().async_start_new_kernel_client()
+        for channel in (kc.shell_channel, kc.iopub_channel):
+            channel.get_msg = wake_every_second(channel.get_msg)
+        return kc
 
 
 def wake_every_second(get_msg, slice_seconds: float = 1.0):
@@ -174,11 +170,10 @@ def _strip_ansi(text: str) -> str:
 
 def _describe_failure(nb, err) -> str:
     """'cell 12 (# Check: ...): AssertionError: message', short enough for the table."""
-    for number, cell in enumerate(nb.cells, start=1):
+    for index, cell in enumerate(nb.cells):
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
-                first_line = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
-                return f"cell {number} ({first_line[:60]}): {output['ename']}: {_strip_ansi(output['evalue'])[:300]}"
+                return f"{_cell_name(nb, index)}: {output['ename']}: {_strip_ansi(output['evalue'])[:300]}"
     return f"{err.ename}: {_strip_ansi(err.evalue)}"
 
 
