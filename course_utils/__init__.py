@@ -6,7 +6,8 @@
     history.plot()
 
 Modules, one idea each, for the lessons: data (datasets, splits, the on-device loader), models,
-training (fit, train_step, evaluate, predict), history (what fit measured), callbacks, plots,
+training (fit, train_step, evaluate, predict), history (what fit measured), callbacks, diagnostics
+(inside a training run: dead units, gradients, update sizes), plots,
 environment (devices, seeds), report (versions, device, dataset), files (atomic writes) and
 cpu_threads (how PyTorch's CPU threads wait). Instructor tooling, apart: notebooks (running the
 course headless), grading and grading_worker, cli (the `course` command).
@@ -18,6 +19,7 @@ calm_openmp_spinning()  # before torch is imported, where it still can be: see c
 
 from .callbacks import (Callback, Checkpoint, EarlyStopping, GradientClipping, LivePlot,
                         LRScheduler, one_cycle)
+from .diagnostics import Diagnostics, layer_gradient_norms
 from .data import (FASHION_MNIST_CLASSES, DatasetError, FashionMNIST, Standardize, TensorLoader,
                    fashion_mnist_loaders, load_fashion_mnist, make_moons,
                    make_polynomial_regression, make_spirals, normalization_stats, train_val_split)
@@ -34,7 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Callback", "Checkpoint", "EarlyStopping", "GradientClipping", "LivePlot", "LRScheduler",
-    "one_cycle", "FASHION_MNIST_CLASSES", "DatasetError", "FashionMNIST", "Standardize",
+    "one_cycle", "Diagnostics", "layer_gradient_norms", "FASHION_MNIST_CLASSES", "DatasetError", "FashionMNIST", "Standardize",
     "TensorLoader", "fashion_mnist_loaders", "load_fashion_mnist", "make_moons",
     "make_polynomial_regression", "make_spirals", "normalization_stats", "train_val_split",
     "environment_report", "get_device", "print_environment_report", "seed_everything",

@@ -483,7 +483,6 @@ def _stop_on_non_finite(run: TrainingRun, good_state) -> None:
         f"and the model keeps its weights and optimizer state from {kept}. Usual fixes: a smaller "
         f"learning rate (lr is {run.optimizer.param_groups[0]['lr']:g} now), gradient clipping "
         "(callbacks=[GradientClipping(1.0)]), or checking the inputs for NaN or huge values.")
-    print(message)
     warnings.warn(message, NonFiniteLossWarning, stacklevel=3)
 
 
