@@ -7,7 +7,7 @@
 
 Modules, one idea each, for the lessons: data (datasets, splits, the on-device loader), models,
 training (fit, train_step, evaluate, predict), history (what fit measured), callbacks, diagnostics
-(inside a training run: dead units, gradients, update sizes), plots,
+(inside a training run: dead units, gradients, update sizes), learning_rates (the range test), plots,
 environment (devices, seeds), report (versions, device, dataset), files (atomic writes) and
 cpu_threads (how PyTorch's CPU threads wait). Instructor tooling, apart: notebooks (running the
 course headless), grading and grading_worker, cli (the `course` command).
@@ -24,6 +24,7 @@ from .data import (FASHION_MNIST_CLASSES, DatasetError, FashionMNIST, Standardiz
                    fashion_mnist_loaders, load_fashion_mnist, make_moons,
                    make_polynomial_regression, make_spirals, normalization_stats, train_val_split)
 from .environment import get_device, seed_everything
+from .learning_rates import LRFindResult, lr_find
 from .models import count_parameters, lenet, mlp
 from .report import environment_report, print_environment_report
 from .plots import (compare_histories, plot_class_balance, plot_confusion_matrix,
@@ -39,6 +40,7 @@ __all__ = [
     "one_cycle", "Diagnostics", "layer_gradient_norms", "FASHION_MNIST_CLASSES", "DatasetError", "FashionMNIST", "Standardize",
     "TensorLoader", "fashion_mnist_loaders", "load_fashion_mnist", "make_moons",
     "make_polynomial_regression", "make_spirals", "normalization_stats", "train_val_split",
+    "LRFindResult", "lr_find",
     "environment_report", "get_device", "print_environment_report", "seed_everything",
     "count_parameters", "lenet", "mlp", "compare_histories", "plot_class_balance",
     "plot_confusion_matrix", "plot_decision_boundary", "plot_history", "show_images", "History",
