@@ -60,12 +60,14 @@ def _monitored(record: dict, monitor: str, who: str):
 class EarlyStopping(Callback):
     """Stop when `monitor` has not improved for `patience` epochs, and go back to the best weights.
 
-    Lesson 03: early stopping is regularization by choosing *when* to stop.
+    Lesson 03: early stopping is regularization by choosing *when* to stop. verbose=False keeps
+    the restore quiet, for sweeps of many runs (lesson 02).
     """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
-                 restore_best_weights: bool = True):
+                 restore_best_weights: bool = True, verbose: bool = True):
         self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
+        self.verbose = verbose
         self.mode = "min" if "loss" in monitor else "max"
         self.restore_best_weights = restore_best_weights
         self.best, self.best_epoch, self.wait, self.best_weights = None, None, 0, None
@@ -86,8 +88,9 @@ class EarlyStopping(Callback):
         if self.restore_best_weights and self.best_weights is not None and run.history.epochs:
             if self.best_epoch != run.history.epochs[-1]["epoch"]:
                 run.model.load_state_dict(self.best_weights)
-                print(f"EarlyStopping: restored the weights of epoch {self.best_epoch} "
-                      f"({self.monitor} = {self.best:.4f}).")
+                if self.verbose:
+                    print(f"EarlyStopping: restored the weights of epoch {self.best_epoch} "
+                          f"({self.monitor} = {self.best:.4f}).")
 
     def state_dict(self):
         return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,

@@ -225,6 +225,19 @@ def test_early_stopping_restores_the_best_weights():
     assert evaluate(model, (x_val, y_val))["loss"] == pytest.approx(min(history["val_loss"]), rel=1e-5)
 
 
+def test_early_stopping_says_what_it_restored_unless_told_to_be_quiet(capsys):
+    from course_utils import make_spirals
+    x, y = make_spirals(n_per_class=20, noise=0.6, seed=0)
+    x_val, y_val = make_spirals(n_per_class=200, noise=0.6, seed=1)
+    for verbose in (True, False):
+        torch.manual_seed(0)
+        stopper = EarlyStopping(monitor="val_loss", patience=5, verbose=verbose)
+        fit(small_mlp(hidden=256), (x, y), (x_val, y_val), epochs=500, optimizer="adam", lr=0.01,
+            batch_size=60, progress=False, callbacks=[stopper])
+        printed = capsys.readouterr().out
+        assert ("EarlyStopping: restored the weights of epoch" in printed) == verbose, printed
+
+
 def test_early_stopping_without_validation_data_is_explained(spirals):
     with pytest.raises(ValueError, match="no value: pass validation data"):
         fit(small_mlp(), spirals, epochs=2, lr=0.1, progress=False, callbacks=[EarlyStopping()])
