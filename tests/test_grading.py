@@ -21,16 +21,26 @@ TIMEOUT = 40  # seconds per submission in these tests (the default is 10 minutes
 ANSWERS = {
     "q1": "def iterations_per_epoch(n_samples, batch_size, drop_last=False):\n"
           "    return n_samples // batch_size if drop_last else math.ceil(n_samples / batch_size)",
-    "q2": "def standardize(train_images, other_images):\n"
+    "q2": "def standardize_per_channel(train_images, other_images):\n"
           "    a, b = train_images.float() / 255, other_images.float() / 255\n"
-          "    return (a - a.mean()) / a.std(), (b - a.mean()) / a.std()",
-    "q3_wrong": "def train_one_epoch(model, loader, optimizer):\n"
-                "    return [0.5 for _ in loader]",
-    "q2_wrong": "def standardize(train_images, other_images):\n"
-                "    a, b = train_images.float() / 255, other_images.float() / 255\n"
-                "    return (a - a.mean()) / a.std(), (b - b.mean()) / b.std()  # leaks",
+          "    mean, std = a.mean(dim=(0, 2, 3), keepdim=True), a.std(dim=(0, 2, 3), keepdim=True)\n"
+          "    return (a - mean) / std, (b - mean) / std",
+    "q3_wrong": "def train_one_epoch(model, loader, optimizer, loss_fn):\n"
+                "    losses = []\n"
+                "    for x, y in loader:\n"
+                "        loss = loss_fn(model(x), y)\n"
+                "        optimizer.zero_grad()\n"
+                "        loss.backward()\n"
+                "        optimizer.step()\n"
+                "        losses.append(loss.item())\n"
+                "    return sum(losses) / len(losses)  # not weighted by batch size",
+    "q2_wrong": "def standardize_per_channel(train_images, other_images):\n"
+                "    def own(t):\n"
+                "        t = t.float()\n"
+                "        return (t - t.mean(dim=(0, 2, 3), keepdim=True)) / t.std(dim=(0, 2, 3), keepdim=True)\n"
+                "    return own(train_images), own(other_images)  # leaks: other's own statistics",
 }
-STARTS = {"q1": "def iterations_per_epoch", "q2": "def standardize", "q3": "def train_one_epoch",
+STARTS = {"q1": "def iterations_per_epoch", "q2": "def standardize_per_channel", "q3": "def train_one_epoch",
           "q4": "spiral_x, spiral_y"}
 
 
@@ -67,7 +77,7 @@ def batch(tmp_path_factory):
     notebooks = {
         "solution": grader.filled_notebook,
         "untouched": exercise(),
-        "syntax_error": answered(q1=ANSWERS["q1"], q2="def standardize(train_images, other_images)\n    return 1"),
+        "syntax_error": answered(q1=ANSWERS["q1"], q2="def standardize_per_channel(train_images, other_images)\n    return 1"),
         "deleted_checks": {**q1, "cells": [c for c in q1["cells"] if "grader.check" not in "".join(c["source"])]},
         "edited_checks": q1,  # filled below: public tests in its metadata rewritten to pass anything
         "reads_hidden_tests": with_cell(exercise(), f"""
@@ -174,8 +184,8 @@ def test_reading_the_hidden_tests_and_solutions_is_refused_and_flagged(batch):
 
 def test_forging_torch_comparisons_does_not_pay(batch):
     row = batch["rows"]["forges_torch"]
-    # q2 and q3 pass only their public tests (which need no comparison function)
-    assert row["q2"] == "1" and row["q3"] == "1.5"
+    # q2 and q3 pass only their public tests (which need no comparison function): 1 of q2's 4 tests, 1 of q3's 3
+    assert row["q2"] == "0.5" and row["q3"] == "1"
     assert row["provisional"] == "yes" and "torch.allclose" in row["notes"]
 
 
@@ -247,12 +257,12 @@ def test_a_stale_or_leaking_exercise_is_reported(tmp_path):
     exercises.mkdir()
     shutil.copy(SOLUTION, solutions)
     nb = exercise()
-    cell = next(c for c in nb["cells"] if "".join(c["source"]).startswith("def standardize"))
-    cell["source"] = "def standardize(train_images, other_images):\n    train = train_images.float() / 255\n    ..."
+    cell = next(c for c in nb["cells"] if "".join(c["source"]).startswith("def standardize_per_channel"))
+    cell["source"] = "def standardize_per_channel(train_images, other_images):\n    train = train_images.float()\n    ..."
     (exercises / SOLUTION.name).write_text(json.dumps(nb))
     problems = check_exercises(solutions, exercises)
     assert any("stale" in p and "course exercises build" in p for p in problems)
-    assert any("train = train_images.float() / 255" in p for p in problems)
+    assert any("train = train_images.float()" in p for p in problems)
 
 
 def test_a_solution_marker_in_a_code_cell_is_refused(tmp_path):
