@@ -16,6 +16,12 @@ if [ -n "$EXTRAS" ] && [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/nu
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null ||
     echo "    (apt-get could not install chromium; the browser tests will be skipped)"
 fi
+# ... and Debian's PostgreSQL, the shared study storage that tests/test_tuning.py starts for real.
+if [ -n "$EXTRAS" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+  echo "==> installing Debian's postgresql for the shared-storage tuning test"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null ||
+    echo "    (apt-get could not install postgresql; that test will be skipped)"
+fi
 
 pick_python() {
   for candidate in ${PYTHON:-} python3.11 python3.12 python3.13 python3.10 python3; do
