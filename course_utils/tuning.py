@@ -14,6 +14,7 @@ import argparse
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +32,7 @@ class TuningTask:
     y_test: torch.Tensor
     mean: float  # of the training part, on the 0..1 scale: x = (pixel / 255 - mean) / std
     std: float
+    unused: np.ndarray | None = None  # training-set indices in neither part: fresh data to re-score on
 
 
 def small_task(n_train: int = 4000, n_val: int = 2000, seed: int = 0, device="cpu",
@@ -52,7 +54,8 @@ def small_task(n_train: int = 4000, n_val: int = 2000, seed: int = 0, device="cp
     y = data.train_labels
     tensors = [(x_train - mean) / std, y[train_idx], (x_val - mean) / std, y[val_idx],
                (x_test - mean) / std, data.test_labels]
-    return TuningTask(*[t.to(device) for t in tensors], mean.item(), std.item())
+    unused = np.setdiff1d(np.arange(len(y)), np.concatenate([train_idx, val_idx]))
+    return TuningTask(*[t.to(device) for t in tensors], mean.item(), std.item(), unused)
 
 
 def accuracy_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -139,7 +142,7 @@ def run_worker(storage: str, study_name: str, n_trials: int, threads: int = 1,
 
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1) if prune else None
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0) if prune else None
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage),
                               pruner=pruner or optuna.pruners.NopPruner())
     task = small_task()

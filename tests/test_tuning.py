@@ -47,7 +47,7 @@ def test_train_mlp_is_deterministic_and_a_report_can_stop_it(task):
 
 def test_objective_reports_and_prunes(task):
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0))
     study.optimize(lambda trial: objective(trial, task, steps=50), n_trials=14)
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.PRUNED) >= 1
