@@ -19,6 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .models import mlp
+from .training import accuracy
+
 
 @dataclass
 class TuningTask:
@@ -59,14 +62,15 @@ def small_task(n_train: int = 4000, n_val: int = 2000, seed: int = 0, device="cp
 
 
 def accuracy_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The model's accuracy on (x, y), without building a graph."""
     with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item()
+        return accuracy(model(x), y)
 
 
 def train_mlp(task: TuningTask, lr: float, momentum: float = 0.9, hidden=(128,),
               weight_decay: float = 0.0, optimizer: str = "sgd", steps: int = 150,
               batch_size: int = 100, seed: int = 0, report=None, reports: int = 5):
-    """An MLP with ReLU hidden layers `hidden`, trained for `steps` minibatches by SGD with
+    """course_utils.mlp with ReLU hidden layers `hidden`, trained for `steps` minibatches by SGD with
     momentum, or by Adam (optimizer="adam") with `momentum` as its beta1.
 
     Every steps // reports steps it measures validation accuracy and calls report(k, accuracy)
@@ -74,9 +78,7 @@ def train_mlp(task: TuningTask, lr: float, momentum: float = 0.9, hidden=(128,),
     Returns (model, validation accuracy at the end).
     """
     torch.manual_seed(seed)
-    sizes = [task.x_train.shape[1], *hidden]
-    layers = [m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
-    model = nn.Sequential(*layers, nn.Linear(sizes[-1], 10)).to(task.x_train.device)
+    model = mlp(task.x_train.shape[1], hidden=tuple(hidden)).to(task.x_train.device)
     if optimizer == "sgd":
         step_rule = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                                     weight_decay=weight_decay)
