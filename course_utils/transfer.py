@@ -10,7 +10,7 @@ and train a new head, or fine-tune everything (optionally with a smaller rate fo
 
 The target's validation set chooses the learning rate and the stopping step; its test set is read
 once per choice. `torchvision_weights` finds ImageNet weights for the optional last section of
-the lesson without ever waiting on a network that is not there.
+the lesson without a long wait on a network that is not there.
 """
 
 from __future__ import annotations
@@ -73,6 +73,9 @@ def transfer_task(source_classes=SOURCE_CLASSES, target_classes=TARGET_CLASSES, 
     x, y = data.train_images, data.train_labels
     x_src, y_src = x[torch.isin(y, src_ids)], renumber[y[torch.isin(y, src_ids)]]
     x_tgt, y_tgt = x[torch.isin(y, tgt_ids)], renumber[y[torch.isin(y, tgt_ids)]]
+    if n_source + 2000 > len(y_src):
+        raise ValueError(f"n_source={n_source} leaves no 2,000 separate source validation images; "
+                         f"use at most {len(y_src) - 2000}")
     standardize = Standardize(*normalization_stats(x_src[:n_source]))
 
     order = torch.randperm(len(y_tgt), generator=torch.Generator().manual_seed(0))
@@ -142,6 +145,7 @@ def adapt(pretrained: nn.Sequential | None, x, y, task: TransferTask, method: st
     optimizer = torch.optim.Adam(groups)
     draw = torch.Generator(device="cpu").manual_seed(seed)
     best_acc, best_state = -1.0, None
+    interval = max(1, steps // checks)
     for step in range(1, steps + 1):
         trained.train()
         batch = torch.randint(0, len(y), (min(batch_size, len(y)),), generator=draw).to(x.device)
@@ -149,7 +153,7 @@ def adapt(pretrained: nn.Sequential | None, x, y, task: TransferTask, method: st
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step % (steps // checks) == 0 or step == steps:
+        if step % interval == 0 or step == steps:
             val_acc = evaluate_accuracy(trained, x_val, task.y_val)
             if val_acc > best_acc:
                 best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
@@ -165,18 +169,23 @@ def _channels(model):
 
 def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
     """Accuracy in evaluation mode (BatchNorm uses its running statistics), without a graph."""
+    was_training = model.training
     model.eval()
     with torch.no_grad():
         logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    model.train(was_training)
     return accuracy(logits, y)
 
 
 def features(body: nn.Module, x: torch.Tensor, depth: int | None = None, batch_size: int = 1000):
     """The output of the first `depth` layers of `body` (all of them by default), flattened."""
     layers = body if depth is None else body[:depth]
+    was_training = body.training
     layers.eval()
     with torch.no_grad():
-        return torch.cat([layers(x[i:i + batch_size]).flatten(1) for i in range(0, len(x), batch_size)])
+        out = torch.cat([layers(x[i:i + batch_size]).flatten(1) for i in range(0, len(x), batch_size)])
+    layers.train(was_training)
+    return out
 
 
 def linear_probe(train_features, y, val_features, y_val, weight_decays=(1e-4, 1e-3, 1e-2),
@@ -185,7 +194,7 @@ def linear_probe(train_features, y, val_features, y_val, weight_decays=(1e-4, 1e
     training part's statistics), its weight decay chosen on validation.
 
     Returns (predict, val accuracy): predict(features) gives the chosen classifier's logits."""
-    mean, std = train_features.mean(0), train_features.std(0) + 1e-3
+    mean, std = train_features.mean(0), train_features.std(0).clamp_min(1e-2)  # constant features stay small
     best = (-1.0, None)
     for weight_decay in weight_decays:
         torch.manual_seed(0)
@@ -210,7 +219,9 @@ def linear_probe(train_features, y, val_features, y_val, weight_decays=(1e-4, 1e
 
 def torchvision_weights(name: str = "ResNet18_Weights", timeout: float = 3.0):
     """torchvision's ImageNet weights `name` if they are on disk or can be downloaded now, else
-    None with the reason, so a lesson can skip its online part instead of hanging or failing.
+    None with the reason, so a lesson can skip its online part instead of failing. The connection
+    attempt waits at most `timeout` seconds; the name lookup before it is the system's (quick
+    where there is no network, as in the course's CI).
 
     Returns (weights, reason): weights is a torchvision WeightsEnum member or None."""
     import torchvision
