@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Standardize, load_fashion_mnist, normalization_stats
-from .training import accuracy
+from .training import accuracy, evaluate
 
 SOURCE_CLASSES = (0, 1, 2, 7, 8)  # T-shirt/top, Trouser, Pullover, Sneaker, Bag
 TARGET_CLASSES = (3, 4, 5, 6, 9)  # Dress, Coat, Sandal, Shirt, Ankle boot
@@ -167,14 +167,10 @@ def _channels(model):
     return tuple(m.out_channels for m in model[0] if isinstance(m, nn.Conv2d))
 
 
-def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Accuracy in evaluation mode (BatchNorm uses its running statistics), without a graph."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-    model.train(was_training)
-    return accuracy(logits, y)
+def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """course_utils.evaluate's accuracy: evaluation mode (BatchNorm uses its running statistics),
+    no graph, the model's mode restored afterwards."""
+    return evaluate(model, (x, y))["acc"]
 
 
 def features(body: nn.Module, x: torch.Tensor, depth: int | None = None, batch_size: int = 1000):
