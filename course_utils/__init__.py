@@ -9,7 +9,8 @@ Modules, one idea each, for the lessons: data (datasets, splits, the on-device l
 training (fit, train_step, evaluate, predict), history (what fit measured), callbacks, diagnostics
 (inside a training run: dead units, gradients, update sizes), learning_rates (the range test),
 tuning (lesson 08: a fast tuning task, its Optuna objective, worker processes), transfer
-(lesson 09: source and target tasks, adapting a pretrained CNN, linear probes), plots,
+(lesson 09: source and target tasks, adapting a pretrained CNN, linear probes), playbook
+(lesson 10: checks that find a training script's bugs) with broken_script (its bugs), plots,
 environment (devices, seeds), report (versions, device, dataset), files (atomic writes) and
 cpu_threads (how PyTorch's CPU threads wait). Instructor tooling, apart: notebooks (running the
 course headless), grading and grading_worker, cli (the `course` command).

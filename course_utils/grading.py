@@ -190,10 +190,26 @@ def solution_lines(solution_nb: dict) -> list[str]:
     return lines
 
 
+def given_lines(solution_nb: dict) -> set[str]:
+    """The code lines students are given: code cells outside the solution and test blocks (a fix
+    of a broken script given in the exercise shares lines with it without leaking anything)."""
+    given, inside = set(), False
+    for cell in solution_nb.get("cells", []):
+        head = _source(cell).strip()
+        if cell.get("cell_type") == "raw":
+            if head.startswith(("# BEGIN SOLUTION", "# BEGIN TESTS")):
+                inside = True
+            elif head.startswith(("# END SOLUTION", "# END TESTS")):
+                inside = False
+        elif cell.get("cell_type") == "code" and not inside:
+            given.update(line.strip() for line in _source(cell).splitlines())
+    return given
+
+
 def find_solution_leaks(solution_nb: dict, exercise_nb: dict) -> list[str]:
     """Answer lines, markers or hidden tests that made it into a student notebook."""
     leaks = []
-    answers = set(solution_lines(solution_nb))
+    answers = set(solution_lines(solution_nb)) - given_lines(solution_nb)
     for number, cell in enumerate(exercise_nb.get("cells", []), start=1):
         src = _source(cell)
         for marker in ("# BEGIN SOLUTION", "# END SOLUTION", "# SOLUTION", "# HIDDEN", "hidden=True"):

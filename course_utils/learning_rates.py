@@ -106,6 +106,11 @@ def lr_find(model: nn.Module, train, *, optimizer="sgd", loss="cross_entropy", s
             if not math.isfinite(value):
                 exploded = True
                 break
+            if value < 0:
+                raise ValueError(f"The loss is negative ({value:.3g}) at lr={lr:.3g}: the range test needs a loss "
+                                 "that cannot go below 0, such as cross-entropy. A negative classification loss "
+                                 "usually means the loss does not match the outputs (F.nll_loss on raw logits: "
+                                 "use F.cross_entropy, or log_softmax first).")
             average = smoothing * average + (1 - smoothing) * value
             smoothed = average / (1 - smoothing ** (step + 1))          # bias correction (lesson 07)
             lrs.append(lr); raw.append(value); losses.append(smoothed)

@@ -287,6 +287,25 @@ def test_leak_finder_sees_answer_lines_and_hidden_tests():
     assert any("hidden tests" in p for p in find_solution_leaks(solution_nb, leaky))
 
 
+def test_lines_the_exercise_gives_are_not_leaks_but_others_are():
+    """Exercise 10 gives a broken script and asks for the fixed one: the lines they share are in
+    the student's notebook by design; an answer line that is not given still counts as a leak."""
+    def cell(kind, source):
+        return {"cell_type": kind, "metadata": {}, "source": source}
+    solution_nb = {"cells": [
+        cell("code", "def broken(x):\n    total = sum(v for v in x)\n    return total + 1"),
+        cell("raw", "# BEGIN SOLUTION"),
+        cell("code", "def fixed(x):\n    # BEGIN SOLUTION\n    total = sum(v for v in x)\n"
+                     "    return total - len(x) + 0\n    # END SOLUTION"),
+        cell("raw", "# END SOLUTION"),
+    ]}
+    student = {"cells": [solution_nb["cells"][0], cell("code", "def fixed(x):\n    ...")], "metadata": {}}
+    assert find_solution_leaks(solution_nb, student) == []
+    student["cells"].append(cell("code", "return total - len(x) + 0"))
+    assert find_solution_leaks(solution_nb, student) == [
+        "cell 3 contains the answer line 'return total - len(x) + 0'"]
+
+
 def test_grade_command_end_to_end(tmp_path, capsys):
     sub = tmp_path / "subs"
     sub.mkdir()
