@@ -136,10 +136,26 @@ def open_storage(storage: str):
     return JournalStorage(JournalFileBackend(storage))
 
 
+def wait_for_workers(study, n_workers: int, timeout: float = 300.0) -> None:
+    """Rendezvous through the study's own storage: mark this process ready, then wait until
+    `n_workers` processes are, so that start-up times (importing PyTorch, loading the data) do
+    not decide who runs what. Works wherever the storage is shared, one machine or many."""
+    import time
+    study.set_user_attr(f"ready-{os.uname().nodename}-{os.getpid()}", time.time())
+    deadline = time.monotonic() + timeout
+    while sum(key.startswith("ready-") for key in study.user_attrs) < n_workers:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {n_workers} workers on study "
+                               f"{study.study_name!r}; start them all with the same --wait-for, "
+                               f"or drop --wait-for to start at once")
+        time.sleep(0.05)
+
+
 def run_worker(storage: str, study_name: str, n_trials: int, threads: int = 1,
-               prune: bool = True) -> int:
+               prune: bool = True, wait_for: int = 1) -> int:
     """Add `n_trials` trials to an existing study (trials queued with study.enqueue_trial come
-    first); each trial records which process ran it. Returns this process's id."""
+    first); each trial records which process ran it. With `wait_for` > 1 the worker starts its
+    trials only once that many workers are ready. Returns this process's id."""
     import optuna
 
     torch.set_num_threads(threads)
@@ -148,6 +164,8 @@ def run_worker(storage: str, study_name: str, n_trials: int, threads: int = 1,
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage),
                               pruner=pruner or optuna.pruners.NopPruner())
     task = small_task()
+    if wait_for > 1:
+        wait_for_workers(study, wait_for)
 
     def tagged(trial):
         trial.set_user_attr("worker", os.getpid())
@@ -165,9 +183,12 @@ def main(argv=None) -> None:
     parser.add_argument("--trials", type=int, default=10, help="trials this worker adds")
     parser.add_argument("--threads", type=int, default=1, help="PyTorch CPU threads per worker")
     parser.add_argument("--no-prune", action="store_true", help="run every trial to the end")
+    parser.add_argument("--wait-for", type=int, default=1, metavar="N",
+                        help="start trials only when N workers on this study are ready")
     args = parser.parse_args(argv)
     try:
-        run_worker(args.storage, args.study, args.trials, args.threads, prune=not args.no_prune)
+        run_worker(args.storage, args.study, args.trials, args.threads, prune=not args.no_prune,
+                   wait_for=args.wait_for)
     except KeyError as err:  # optuna.load_study on a name that does not exist
         parser.exit(2, f"No study named {args.study!r} in {args.storage}: create it first with "
                        f"optuna.create_study(study_name={args.study!r}, storage=..., "

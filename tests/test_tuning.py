@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from course_utils.tuning import objective, open_storage, small_task, train_mlp
+from course_utils.tuning import objective, open_storage, small_task, train_mlp, wait_for_workers
 
 REPO = Path(__file__).resolve().parents[1]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -57,7 +57,7 @@ def test_objective_reports_and_prunes(task):
 def run_two_workers(storage: str, name: str, trials_each: int = 3):
     study = optuna.create_study(study_name=name, storage=open_storage(storage), direction="maximize")
     command = [sys.executable, "-m", "course_utils.tuning", "--storage", storage, "--study", name,
-               "--trials", str(trials_each)]
+               "--trials", str(trials_each), "--wait-for", "2"]
     workers = [subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for worker in workers:
         _, errors = worker.communicate(timeout=300)
@@ -67,11 +67,21 @@ def run_two_workers(storage: str, name: str, trials_each: int = 3):
     assert len(finished) == 2 * trials_each
     assert len({t.user_attrs["worker"] for t in finished}) == 2, "both workers added trials"
     assert all(t.number == i for i, t in enumerate(study.trials)), "one numbering for the whole study"
+    first_ends = [min(t.datetime_complete for t in finished if t.user_attrs["worker"] == pid)
+                  for pid in {t.user_attrs["worker"] for t in finished}]
+    assert all(t.datetime_start < min(first_ends) for t in finished if t.number < 2), \
+        "after the rendezvous both workers start a trial before either finishes one"
     return study
 
 
 def test_two_workers_fill_one_journal_study(tmp_path):
     run_two_workers(str(tmp_path / "study.journal"), "journal")
+
+
+def test_a_worker_waiting_for_workers_that_never_come_says_what_to_do():
+    study = optuna.create_study(direction="maximize")
+    with pytest.raises(TimeoutError, match="start them all with the same --wait-for"):
+        wait_for_workers(study, 2, timeout=0.3)
 
 
 def test_a_worker_on_a_missing_study_says_how_to_create_it(tmp_path):
