@@ -4,9 +4,13 @@ solutions/NN_*.ipynb are master notebooks in otter's assignment format; `course 
 runs `otter assign` on each and writes the student version to exercises/. `course grade` grades
 handed-in notebooks, each in its own sandboxed process (see grading_worker.py):
 
+- on Linux with bubblewrap, its own PID, mount, network, IPC and user namespaces (see `_bwrap`):
+  a read-only system with the instructor's folders blanked out, no network, no view of (so no
+  signal to) any outside process, and nothing left running once it ends; as root, also a pids
+  cgroup (a fork bomb stops at MAX_PROCESSES). Without bubblewrap, only a network namespace
+  (`unshare -n`) or nothing, and a loud warning;
 - a wall-clock limit (the whole process group is killed), a memory limit and a file-size limit;
-- no network: a new network namespace (`unshare -n`) where the system allows one, else a warning,
-  and in every case Python audit hooks that refuse sockets, subprocesses and ctypes;
+- in every case Python audit hooks that refuse sockets, subprocesses, signals and ctypes;
 - a private folder holding only that submission; writes anywhere else, and reads of other
   submissions, the solutions and the grader's output, are refused;
 - the hidden tests reach the process only after the student's code has finished running, and the
@@ -300,27 +304,133 @@ class GradeResult:
         return bool(self.flags)
 
 
-_NETNS: list | None = None
+SANDBOX_UID = 61000            # the user id submissions see inside the sandbox (in a user namespace)
+MAX_PROCESSES = 512            # threads included: a fork bomb stops here, where a pids cgroup can be made
+PIDS_CGROUP = Path("/sys/fs/cgroup/pids")   # cgroup v1 hierarchy; v2 systems use /sys/fs/cgroup itself
+_ISOLATION: str | None = None
 
 
-def network_isolation() -> list[str]:
-    """The command prefix that runs a process without network, or [] where none can be made."""
-    global _NETNS
-    if _NETNS is None:
-        _NETNS = []
-        if shutil.which("unshare") and sys.platform.startswith("linux"):
-            for prefix in (["unshare", "-n"], ["unshare", "-rn"]):
-                try:
-                    if subprocess.run(prefix + ["true"], capture_output=True, timeout=10).returncode == 0:
-                        _NETNS = prefix
-                        break
-                except (OSError, subprocess.TimeoutExpired):
-                    pass
-    return _NETNS
+def _bwrap(sandbox: Path, hidden: list[Path]) -> list[str]:
+    """bubblewrap: new PID, mount, network, IPC, UTS and user namespaces; the whole system
+    read-only; /tmp and every hidden folder an empty tmpfs; only `sandbox` writable; no
+    capabilities. When its first process ends, the kernel kills everything else in the PID
+    namespace, and no process outside it can be named, so none can be signalled."""
+    command = ["bwrap", "--unshare-all", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+               "--die-with-parent", "--new-session", "--ro-bind", "/", "/",
+               "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for folder in hidden:
+        command += ["--tmpfs", str(folder)]
+    command += ["--bind", str(sandbox), str(sandbox), "--chdir", str(sandbox)]
+    return command + ["--"]
 
 
-def _limits(memory_bytes: int):
+def isolation() -> str:
+    """The strongest isolation this system allows: 'namespaces' (bubblewrap, see _bwrap),
+    'network only' (`unshare -n`: no network, but the same processes and files), or 'none'.
+    Python audit hooks (grading_worker.py) apply in every case."""
+    global _ISOLATION
+    if _ISOLATION is None:
+        _ISOLATION = "none"
+        if sys.platform.startswith("linux"):
+            with tempfile.TemporaryDirectory(prefix="course-probe-") as probe:
+                os.chmod(probe, 0o777)
+                candidates = []
+                if shutil.which("bwrap"):
+                    candidates.append(("namespaces", _bwrap(Path(probe), [])))
+                if shutil.which("unshare"):
+                    candidates += [("network only", ["unshare", "-n"]), ("network only", ["unshare", "-rn"])]
+                for kind, prefix in candidates:
+                    try:
+                        if subprocess.run(prefix + ["true"], capture_output=True, timeout=20).returncode == 0:
+                            _ISOLATION = kind
+                            break
+                    except (OSError, subprocess.TimeoutExpired):
+                        pass
+    return _ISOLATION
+
+
+def _isolation_prefix(sandbox: Path, hidden: list[Path]) -> list[str]:
+    kind = isolation()
+    if kind == "namespaces":
+        return _bwrap(sandbox, hidden)
+    if kind == "network only":
+        for prefix in (["unshare", "-n"], ["unshare", "-rn"]):
+            if subprocess.run(prefix + ["true"], capture_output=True, timeout=20).returncode == 0:
+                return prefix
+    return []
+
+
+def isolation_warning() -> str | None:
+    """What an instructor must be told before grading on a system without namespaces."""
+    kind = isolation()
+    if kind == "namespaces":
+        return None
+    weaker = {"network only": "only a network namespace (unshare -n)", "none": "no namespaces at all"}[kind]
+    return (f"WARNING: bubblewrap cannot run here, so submissions get {weaker}: they run as this user, "
+            "see the same processes and files, and are held back only by Python audit hooks. "
+            "Install it (Debian/Ubuntu: apt-get install bubblewrap) and grade on Linux for the full sandbox.")
+
+
+def _hidden_folders(forbidden: list[str], sandbox: Path) -> list[Path]:
+    """The instructor's folders to blank out in the sandbox's view, except any that holds what
+    the worker itself must run (Python, the course package, the dataset) or the sandbox."""
+    from .data import find_fashion_mnist
+
+    needed = [Path(sys.prefix).resolve(), Path(sys.executable).resolve(), Path(__file__).resolve().parent,
+              sandbox.resolve()]
+    dataset = find_fashion_mnist()
+    if dataset:
+        needed.append(Path(dataset).resolve())
+    candidates = [Path(p) for p in forbidden] + [REPO_ROOT / name for name in ("solutions", "tests", ".git", "exercises")]
+    hidden: list[Path] = []
+    for folder in sorted({c.resolve() for c in candidates}, key=lambda c: len(c.parts)):
+        if not folder.is_dir() or folder == Path("/") or Path("/tmp") in (folder, *folder.parents):
+            continue                                        # /tmp is a fresh tmpfs already
+        if any(n == folder or folder in n.parents for n in needed):
+            continue
+        if any(h == folder or h in folder.parents for h in hidden):
+            continue
+        hidden.append(folder)
+    return hidden
+
+
+def _process_cgroup(name: str) -> Path | None:
+    """A pids cgroup holding at most MAX_PROCESSES tasks, or None where none can be made."""
+    for root in (PIDS_CGROUP, Path("/sys/fs/cgroup")):
+        try:
+            if root == Path("/sys/fs/cgroup") and "pids" not in (root / "cgroup.controllers").read_text():
+                continue
+            group = root / name
+            group.mkdir()
+            (group / "pids.max").write_text(str(MAX_PROCESSES))
+            return group
+        except OSError:
+            continue
+    return None
+
+
+def _kill_cgroup(group: Path | None) -> None:
+    """Kill whatever the submission left in its cgroup (a process that escaped its session), then
+    remove the cgroup."""
+    if group is None:
+        return
+    for _ in range(50):                         # killed processes leave the group as they exit
+        try:
+            left = [int(pid) for pid in (group / "cgroup.procs").read_text().split()]
+            if not left:
+                group.rmdir()
+                return
+            for pid in left:
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+
+
+def _limits(memory_bytes: int, cgroup: Path | None):
     def apply():
+        if cgroup is not None:                 # every process the submission starts stays in it
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
         resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -338,15 +448,18 @@ def _run_worker(submission_nb: bytes, grader: Autograder, timeout: float, memory
     notebook = sandbox / "submission.ipynb"
     notebook.write_bytes(submission_nb)
     dataset = find_fashion_mnist()
+    (sandbox / "tmp" / "matplotlib").mkdir()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(sandbox),
         "TMPDIR": str(sandbox / "tmp"), "MPLBACKEND": "Agg", "COURSE_HEADLESS": "1",
-        "MPLCONFIGDIR": str(scratch / "matplotlib"), "PYTHONDONTWRITEBYTECODE": "1",
+        "MPLCONFIGDIR": str(sandbox / "tmp" / "matplotlib"), "PYTHONDONTWRITEBYTECODE": "1",
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         **({"COURSE_DATA_DIR": str(dataset)} if dataset else {}),
     }
-    command = network_isolation() + [sys.executable, "-m", "course_utils.grading_worker",
-                                     str(sandbox), str(notebook), json.dumps(forbidden)]
+    prefix = _isolation_prefix(sandbox, _hidden_folders(forbidden, sandbox))
+    cgroup = _process_cgroup(f"course-grade-{os.getpid()}-{sandbox.name}")
+    command = prefix + [sys.executable, "-m", "course_utils.grading_worker",
+                        str(sandbox), str(notebook), json.dumps(forbidden)]
     token = secrets.token_hex(16)
     payload = json.dumps({"token": token, "tests": grader.tests, "points": grader.points})
     stderr_path = scratch / f"stderr-{sandbox.name}.txt"
@@ -354,7 +467,7 @@ def _run_worker(submission_nb: bytes, grader: Autograder, timeout: float, memory
     with open(stderr_path, "wb") as stderr:
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=stderr, cwd=sandbox, env=env, start_new_session=True,
-                                preexec_fn=_limits(int(memory_gb * 2**30)))
+                                preexec_fn=_limits(int(memory_gb * 2**30), cgroup))
 
         def kill():
             timed_out.set()
@@ -380,6 +493,7 @@ def _run_worker(submission_nb: bytes, grader: Autograder, timeout: float, memory
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            _kill_cgroup(cgroup)
     shutil.rmtree(sandbox, ignore_errors=True)
     if timed_out.is_set():
         return "timeout", None, f"stopped after the time limit of {timeout:g} s (an endless loop?)"
@@ -446,9 +560,9 @@ def grade(submissions, output_dir="grades", timeout: float = DEFAULT_TIMEOUT,
     by_name = {}
     for solution in solution_notebooks(solutions):
         by_name[assignment_name(json.loads(solution.read_text(encoding="utf-8")), solution)] = solution
-    if not network_isolation():
-        echo("WARNING: this system cannot make a network namespace (unshare -n); submissions are "
-             "kept off the network only by Python audit hooks.")
+    warning = isolation_warning()
+    if warning:
+        echo(warning)
     forbidden = sorted({str(p.resolve().parent) for p in paths} | {str(output), str(Path(solutions).resolve())})
     results = []
     with tempfile.TemporaryDirectory(prefix="course-grade-") as scratch_dir:

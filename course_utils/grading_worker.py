@@ -125,6 +125,10 @@ def _install_audit_hook(sandbox: str, forbidden: list[str]):
             refuse(f"network access ({event})")
         elif event in ("ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "ctypes.addressof"):
             refuse(f"ctypes ({event})")
+        elif event == "os.kill" and args[0] not in (0, os.getpid()):
+            refuse(f"sending signal {args[1]} to process {args[0]}")
+        elif event == "os.killpg" and args[0] != os.getpgid(0):
+            refuse(f"sending signal {args[1]} to process group {args[0]}")
         elif event == "sys.addaudithook":
             refuse("adding an audit hook")
 

@@ -23,6 +23,13 @@ if [ -n "$EXTRAS" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && 
     echo "    (apt-get could not install postgresql; that test will be skipped)"
 fi
 
+# ... and Debian's bubblewrap, which gives each graded submission its own PID, mount and network namespaces.
+if [ -n "$EXTRAS" ] && ! command -v bwrap >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+  echo "==> installing Debian's bubblewrap for the grader's sandbox"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null ||
+    echo "    (apt-get could not install bubblewrap; the grader falls back to weaker isolation, with a warning)"
+fi
+
 pick_python() {
   for candidate in ${PYTHON:-} python3.11 python3.12 python3.13 python3.10 python3; do
     if command -v "$candidate" >/dev/null 2>&1 &&
