@@ -117,14 +117,19 @@ def cmd_grade(args) -> int:
     started = time.perf_counter()
     try:
         results = grade(args.submissions, args.output, timeout=args.timeout,
-                        memory_gb=args.memory_gb, assignment=args.assignment)
+                        memory_gb=args.memory_gb, assignment=args.assignment, jobs=args.jobs,
+                        regrade=args.regrade)
     except GradingError as err:
         print(err, file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the submissions that finished are saved in {Path(args.output).resolve()}; "
+              "run the same command again to grade the rest", file=sys.stderr)
+        return 130
     seconds = time.perf_counter() - started
     counts = {s: sum(r.status == s for r in results) for s in ("graded", "timeout", "invalid", "error")}
     provisional = sum(r.provisional for r in results)
-    print(f"\n{len(results)} submission(s) in {seconds:.1f} s: " +
+    print(f"\n{len(results)} submission(s) in {seconds:.1f} s ({len(results) / seconds:.2f} per second): " +
           ", ".join(f"{n} {s}" for s, n in counts.items() if n) +
           (f"; {provisional} provisional (flagged for review)" if provisional else ""))
     print(f"gradebook: {Path(args.output).resolve() / 'gradebook.csv'}")
@@ -172,6 +177,12 @@ def main(argv=None) -> int:
     grade.add_argument("--memory-gb", type=float, default=8, help="memory limit per submission (default 8)")
     grade.add_argument("--assignment", default=None,
                        help="assignment name, when a submission lost its metadata")
+    grade.add_argument("--jobs", type=int, default=None,
+                       help="submissions graded at once (default: one per CPU core)")
+    grade.add_argument("--regrade", action="store_true",
+                       help="grade every submission again; without it a rerun keeps the results "
+                            "saved in OUTPUT/results.json whose notebook, solutions and settings "
+                            "are unchanged, so an interrupted batch resumes")
     grade.set_defaults(func=cmd_grade)
 
     lab = sub.add_parser("lab", help="open JupyterLab on the course")

@@ -23,12 +23,13 @@ the tools such an attack needs is flagged in the gradebook and its score marked 
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
+import hashlib
 import io
 import json
 import os
 import re
-import resource
 import secrets
 import shutil
 import signal
@@ -38,7 +39,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .files import write_text_atomic
@@ -294,6 +295,8 @@ class GradeResult:
     notes: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
     seconds: float = 0.0
+    manual: list[str] = field(default_factory=list)   # questions the instructor grades by hand
+    fingerprint: str = ""                             # what was graded: see _fingerprint
 
     @property
     def total(self) -> float:
@@ -427,15 +430,40 @@ def _kill_cgroup(group: Path | None) -> None:
         time.sleep(0.1)
 
 
-def _limits(memory_bytes: int, cgroup: Path | None):
-    def apply():
-        if cgroup is not None:                 # every process the submission starts stays in it
-            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-big write fails instead of killing
-    return apply
+_LAUNCH = """
+import os, resource, signal, sys
+memory, files, cgroup, *command = sys.argv[1:]
+if cgroup:
+    with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
+        procs.write(str(os.getpid()))
+resource.setrlimit(resource.RLIMIT_AS, (int(memory), int(memory)))
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(files), int(files)))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+os.execvp(command[0], command)
+"""
+
+
+def limited(command: list[str], memory_bytes: int, cgroup: Path | None) -> list[str]:
+    """`command` run under the limits: joins the pids cgroup (every process it starts stays in
+    it), caps address space and file size, no core dumps, and a too-big write fails instead of
+    killing. A small launcher sets them and execs `command`; unlike Popen's preexec_fn it is safe
+    when several submissions are started from several threads (--jobs)."""
+    return [sys.executable, "-I", "-S", "-c", _LAUNCH, str(memory_bytes), str(MAX_FILE_BYTES),
+            str(cgroup or ""), *command]
+
+
+_RUNNING: set = set()          # the sandboxes running now, stopped together on Ctrl-C
+_RUNNING_LOCK = threading.Lock()
+
+
+def _stop_running() -> None:
+    with _RUNNING_LOCK:
+        for proc in list(_RUNNING):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _run_worker(submission_nb: bytes, grader: Autograder, timeout: float, memory_gb: float,
@@ -458,16 +486,18 @@ def _run_worker(submission_nb: bytes, grader: Autograder, timeout: float, memory
     }
     prefix = _isolation_prefix(sandbox, _hidden_folders(forbidden, sandbox))
     cgroup = _process_cgroup(f"course-grade-{os.getpid()}-{sandbox.name}")
-    command = prefix + [sys.executable, "-m", "course_utils.grading_worker",
-                        str(sandbox), str(notebook), json.dumps(forbidden)]
+    command = limited(prefix + [sys.executable, "-m", "course_utils.grading_worker",
+                                str(sandbox), str(notebook), json.dumps(forbidden)],
+                      int(memory_gb * 2**30), cgroup)
     token = secrets.token_hex(16)
     payload = json.dumps({"token": token, "tests": grader.tests, "points": grader.points})
     stderr_path = scratch / f"stderr-{sandbox.name}.txt"
     timed_out = threading.Event()
     with open(stderr_path, "wb") as stderr:
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=stderr, cwd=sandbox, env=env, start_new_session=True,
-                                preexec_fn=_limits(int(memory_gb * 2**30), cgroup))
+                                stderr=stderr, cwd=sandbox, env=env, start_new_session=True)
+        with _RUNNING_LOCK:
+            _RUNNING.add(proc)
 
         def kill():
             timed_out.set()
@@ -493,6 +523,8 @@ def _run_worker(submission_nb: bytes, grader: Autograder, timeout: float, memory
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            with _RUNNING_LOCK:
+                _RUNNING.discard(proc)
             _kill_cgroup(cgroup)
     shutil.rmtree(sandbox, ignore_errors=True)
     if timed_out.is_set():
@@ -548,44 +580,99 @@ def _flags(report: dict) -> list[str]:
     return flags
 
 
+def _fingerprint(raw: bytes, solutions_digest: str, settings: tuple) -> str:
+    """Changes when the submission, any solution or a grading setting does: a saved result with
+    the same fingerprint is the result grading again would give, so a rerun keeps it."""
+    return hashlib.sha256(raw + solutions_digest.encode() + repr(settings).encode()).hexdigest()
+
+
+def _load_saved(state: Path) -> dict[str, GradeResult]:
+    """The results a previous, possibly interrupted, run saved in OUTPUT/results.json."""
+    try:
+        saved = json.loads(state.read_text(encoding="utf-8"))
+        return {name: GradeResult(**{**row, "submission": Path(row["submission"])})
+                for name, row in saved.items()}
+    except (OSError, ValueError, TypeError, KeyError):
+        return {}
+
+
 def grade(submissions, output_dir="grades", timeout: float = DEFAULT_TIMEOUT,
           memory_gb: float = DEFAULT_MEMORY_GB, assignment: str | None = None,
-          solutions: Path = SOLUTIONS_DIR, echo=print) -> list[GradeResult]:
-    """Grade each submission in its own sandbox; write gradebook.csv and feedback/<student>.md."""
+          solutions: Path = SOLUTIONS_DIR, jobs: int | None = None, regrade: bool = False,
+          echo=print) -> list[GradeResult]:
+    """Grade each submission in its own sandbox, `jobs` at a time (default: one per core);
+    gradebook.csv, feedback/<student>.md and results.json are rewritten, atomically, as each
+    submission finishes. Rerunning the same command keeps every result whose submission,
+    solutions and settings are unchanged (an interrupted batch resumes); `regrade` redoes all."""
     paths = _expand(submissions)
     if not paths:
         raise GradingError("No submissions given: pass notebook files or folders of them.")
+    if jobs is not None and jobs < 1:
+        raise GradingError(f"--jobs {jobs}: give 1 or more submissions to grade at once.")
     output = Path(output_dir).resolve()
-    graders: dict[str, Autograder] = {}
     by_name = {}
     for solution in solution_notebooks(solutions):
         by_name[assignment_name(json.loads(solution.read_text(encoding="utf-8")), solution)] = solution
+    solutions_digest = hashlib.sha256(b"".join(p.read_bytes() for p in by_name.values())).hexdigest()
+    settings = (timeout, memory_gb, assignment)
     warning = isolation_warning()
     if warning:
         echo(warning)
     forbidden = sorted({str(p.resolve().parent) for p in paths} | {str(output), str(Path(solutions).resolve())})
-    results = []
+    saved = {} if regrade else _load_saved(output / "results.json")
+    students = _student_names(paths)
+    done: dict[str, GradeResult] = {}
+    graders: dict[str, Autograder] = {}
+    build_lock, write_lock = threading.Lock(), threading.Lock()
+    stopping = threading.Event()
+
+    def finish(result: GradeResult, kept: bool) -> None:
+        with write_lock:
+            if stopping.is_set():  # cut short by the interruption: graded again on the rerun
+                return
+            done[result.student] = result
+            write_gradebook([done[s] for s in students if s in done], output, feedback=[result])
+            echo(f"{result.student:<24} {result.status:<8} {result.total:g}/{result.possible:g}"
+                 + ("  PROVISIONAL" if result.provisional else "")
+                 + ("  (kept from the last run)" if kept else f"  ({result.seconds:.1f} s)"), flush=True)
+
+    def one(student: str, path: Path, scratch: Path) -> None:
+        raw = path.read_bytes() if path.is_file() else b""
+        fingerprint = _fingerprint(raw, solutions_digest, settings)
+        old = saved.get(student)
+        if old is not None and old.fingerprint == fingerprint:
+            return finish(old, kept=True)
+        result = GradeResult(student=student, submission=path, assignment=None, status="error",
+                             fingerprint=fingerprint)
+        try:
+            _grade_one(result, path, assignment, by_name, graders, build_lock, timeout, memory_gb,
+                       forbidden, scratch)
+        except GradingError:
+            raise
+        except Exception as err:  # noqa: BLE001 - one submission never stops the batch
+            result.status, result.notes = "error", [f"the grader failed on this submission: {err}"]
+        finish(result, kept=False)
+
     with tempfile.TemporaryDirectory(prefix="course-grade-") as scratch_dir:
         scratch = Path(scratch_dir)
         (scratch / "sandboxes").mkdir()
         forbidden.append(str(scratch))
-        for student, path in zip(_student_names(paths), paths):
-            result = GradeResult(student=student, submission=path, assignment=None, status="error")
-            try:
-                _grade_one(result, path, assignment, by_name, graders, timeout, memory_gb, forbidden,
-                           scratch)
-            except GradingError:
-                raise
-            except Exception as err:  # noqa: BLE001 - one submission never stops the batch
-                result.status, result.notes = "error", [f"the grader failed on this submission: {err}"]
-            results.append(result)
-            echo(f"{student:<24} {result.status:<8} {result.total:g}/{result.possible:g}"
-                 + ("  PROVISIONAL" if result.provisional else "") + f"  ({result.seconds:.1f} s)", flush=True)
-    write_gradebook(results, graders, output)
-    return results
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs or os.cpu_count() or 1))
+        try:
+            for future in [pool.submit(one, student, path, scratch) for student, path in zip(students, paths)]:
+                future.result()
+        except BaseException:  # Ctrl-C, or a GradingError: stop at once, keep what finished
+            stopping.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            _stop_running()
+            raise
+        finally:
+            pool.shutdown(wait=True)
+    return [done[s] for s in students]
 
 
-def _grade_one(result, path, assignment, by_name, graders, timeout, memory_gb, forbidden, scratch):
+def _grade_one(result, path, assignment, by_name, graders, build_lock, timeout, memory_gb, forbidden,
+               scratch):
     import nbformat
 
     raw = path.read_bytes() if path.is_file() else None
@@ -610,10 +697,12 @@ def _grade_one(result, path, assignment, by_name, graders, timeout, memory_gb, f
         result.notes = [f"cannot tell which assignment this is (found {name!r}); known: "
                         f"{', '.join(sorted(by_name))}. Fix: course grade --assignment NAME ..."]
         return
-    if name not in graders:
-        graders[name] = build_autograder(by_name[name])
+    with build_lock:  # built once per assignment, whichever thread needs it first
+        if name not in graders:
+            graders[name] = build_autograder(by_name[name])
     grader = graders[name]
     result.assignment = name
+    result.manual = list(grader.manual)
     result.possible = sum(grader.points.values())
     result.scores = {q: 0.0 for q in sorted(grader.tests)}
     started = time.perf_counter()  # the submission's own run, not the shared autograder build
@@ -632,7 +721,7 @@ def _grade_one(result, path, assignment, by_name, graders, timeout, memory_gb, f
     result.notes += [f"error in {e}" for e in report["cell_errors"][:10]]
 
 
-def feedback_text(result: GradeResult, grader: Autograder | None) -> str:
+def feedback_text(result: GradeResult) -> str:
     lines = [f"# Feedback for {result.student}", ""]
     lines.append(f"Assignment: {result.assignment or 'unknown'}  ")
     lines.append(f"Score: {result.total:g} / {result.possible:g} ({result.status})")
@@ -653,16 +742,17 @@ def feedback_text(result: GradeResult, grader: Autograder | None) -> str:
                     lines += ["", "  ```", *[f"  {l}" for l in message.splitlines()], "  ```"]
     if result.notes:
         lines += ["", "## Notes", *[f"- {n}" for n in result.notes]]
-    if grader and grader.manual:
-        lines += ["", f"Questions graded by your instructor: {', '.join(grader.manual)}."]
+    if result.manual:
+        lines += ["", f"Questions graded by your instructor: {', '.join(result.manual)}."]
     return "\n".join(lines) + "\n"
 
 
-def write_gradebook(results: list[GradeResult], graders: dict, output: Path) -> Path:
-    """gradebook.csv (one row per submission) and feedback/<student>.md, each written atomically."""
+def write_gradebook(results: list[GradeResult], output: Path, feedback=None) -> Path:
+    """gradebook.csv (one row per submission), results.json (what a rerun resumes from) and
+    feedback/<student>.md for each of `feedback` (default: every result), each written atomically."""
     questions = []
-    for grader in graders.values():
-        questions += [q for q in grader.tests if q not in questions]
+    for r in results:
+        questions += [q for q in r.scores if q not in questions]
     questions.sort(key=lambda q: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", q)])
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -675,7 +765,9 @@ def write_gradebook(results: list[GradeResult], graders: dict, output: Path) -> 
                          " | ".join((r.flags + r.notes))[:500].replace("\n", " ")])
     output.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output / "gradebook.csv", buffer.getvalue())
-    for r in results:
+    for r in results if feedback is None else feedback:
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", r.student)
-        write_text_atomic(output / "feedback" / f"{safe}.md", feedback_text(r, graders.get(r.assignment)))
+        write_text_atomic(output / "feedback" / f"{safe}.md", feedback_text(r))
+    write_text_atomic(output / "results.json", json.dumps(
+        {r.student: {**asdict(r), "submission": str(r.submission)} for r in results}))
     return output / "gradebook.csv"

@@ -82,6 +82,17 @@ def test_benchmark_smoke_run_prints_its_json_line():
     assert record["ratio"] == pytest.approx(record["course_ex_per_s"] / record["baseline_ex_per_s"], rel=0.01)
 
 
+def test_grading_benchmark_smoke_run_agrees_between_job_counts():
+    """Two submissions graded with --jobs 1 and --jobs 2: the benchmark itself exits non-zero if the
+    two gradebooks differ; the correct one scores full marks and the untouched one zero."""
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_grading.py"), "--count", "2",
+                             "--jobs", "2"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "correct ones scored ['14'], untouched ['0']" in result.stdout
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["speedup"] == pytest.approx(record["seconds_jobs_1"] / record["seconds_jobs_2"], abs=0.02)
+
+
 def test_run_reports_a_stalled_cell_as_failed_and_names_it(tmp_path, capsys):
     stuck = _notebook(tmp_path / "03_stuck.ipynb", "x = 1", "import time\ntime.sleep(60)", "print('never')")
     code = cli.main(["run", str(stuck), "-o", str(tmp_path / "build"), "--timeout", "3"])

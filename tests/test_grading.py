@@ -340,3 +340,65 @@ def test_grade_command_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "dana" in out and "4/10" in out and "1 graded" in out
     assert (tmp_path / "g" / "gradebook.csv").exists() and (tmp_path / "g" / "feedback" / "dana.md").exists()
+
+
+def test_a_rerun_keeps_unchanged_results_and_grades_only_what_changed(batch, tmp_path):
+    """The hostile batch above ran with one job per core; rerunning it keeps every row (nothing is
+    graded again, so it takes seconds), and an edited submission alone is graded again."""
+    subs = tmp_path / "subs"
+    shutil.copytree(batch["subs"], subs)
+    out = tmp_path / "grades"
+    shutil.copytree(batch["out"], out)
+    before = (out / "gradebook.csv").read_text()
+    lines = []
+    kept = grade([subs], out, timeout=TIMEOUT, memory_gb=8, echo=lambda *a, **k: lines.append(a[0]))
+    assert (out / "gradebook.csv").read_text() == before
+    assert sum("kept from the last run" in line for line in lines) == len(batch["expected_names"])
+    assert all(r.seconds == batch["results"][r.student].seconds for r in kept)
+    (subs / "untouched.ipynb").write_text(json.dumps(answered(q1=ANSWERS["q1"])))
+    lines.clear()
+    rows = {r.student: r for r in grade([subs], out, timeout=TIMEOUT, memory_gb=8,
+                                        echo=lambda *a, **k: lines.append(a[0]))}
+    assert [l.split()[0] for l in lines if "kept from the last run" not in l] == ["untouched"]
+    assert rows["untouched"].total == 2 and rows["solution"].total == 10
+
+
+def test_regrade_grades_again(tmp_path):
+    (tmp_path / "subs").mkdir()
+    (tmp_path / "subs" / "ann.ipynb").write_text(json.dumps(exercise()))
+    first = grade([tmp_path / "subs"], tmp_path / "out", timeout=60, echo=lambda *a, **k: None)
+    lines = []
+    again = grade([tmp_path / "subs"], tmp_path / "out", timeout=60, regrade=True,
+                  echo=lambda *a, **k: lines.append(a[0]))
+    assert "kept" not in " ".join(lines) and again[0].seconds != first[0].seconds
+    assert again[0].total == first[0].total == 0
+    with pytest.raises(GradingError, match="give 1 or more"):
+        grade([tmp_path / "subs"], tmp_path / "out", jobs=0)
+
+
+def test_an_interrupted_batch_resumes_where_it_stopped(tmp_path):
+    """Stop `course grade` with Ctrl-C (SIGINT) once the first row is in the gradebook; the same
+    command then keeps that row and grades only the rest."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for name in ("a", "b", "c"):
+        (subs / f"{name}.ipynb").write_text(json.dumps(exercise()))
+    command = [sys.executable, "-m", "course_utils.cli", "grade", str(subs), "-o", str(tmp_path / "g"),
+               "--jobs", "1", "--timeout", "120"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    gradebook = tmp_path / "g" / "gradebook.csv"
+    deadline = time.monotonic() + 240
+    while not gradebook.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    rows = list(csv.DictReader(gradebook.open()))
+    assert 1 <= len(rows) < 3, "stopped after the first submission"
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("kept from the last run") == len(rows)
+    assert len(list(csv.DictReader(gradebook.open()))) == 3

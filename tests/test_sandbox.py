@@ -91,8 +91,8 @@ for _ in range({grading.MAX_PROCESSES + 100}):
 print(started, flush=True)
 """
     try:
-        done = subprocess.run([sys.executable, "-c", bomb], capture_output=True, text=True, timeout=60,
-                              preexec_fn=grading._limits(8 * 2**30, group), start_new_session=True)
+        done = subprocess.run(grading.limited([sys.executable, "-c", bomb], 8 * 2**30, group),
+                              capture_output=True, text=True, timeout=60, start_new_session=True)
         started = int(done.stdout.split()[-1])
         assert started < grading.MAX_PROCESSES, started
     finally:
