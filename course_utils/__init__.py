@@ -13,7 +13,8 @@ tuning (lesson 08: a fast tuning task, its Optuna objective, worker processes), 
 (lesson 10: checks that find a training script's bugs) with broken_script (its bugs), plots,
 environment (devices, seeds), report (versions, device, dataset), files (atomic writes) and
 cpu_threads (how PyTorch's CPU threads wait). Instructor tooling, apart: notebooks (running the
-course headless), grading and grading_worker, cli (the `course` command).
+course headless), the grading package (exercises, the sandbox, the judge), cli (the `course`
+command).
 """
 
 from .cpu_threads import calm_openmp_spinning

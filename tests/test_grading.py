@@ -116,6 +116,47 @@ try:
     os.remove({str(subs / 'untouched.ipynb')!r})
 except Exception as err:
     print(err)"""),
+        "equals_anything": answered(q1="""class Anything:
+    def __eq__(self, other): return True
+    def __ne__(self, other): return False
+    def __bool__(self): return True
+    def __ge__(self, other): return True
+    def __le__(self, other): return True
+    def __int__(self): return 3
+    def __float__(self): return 3.0
+def iterations_per_epoch(n_samples, batch_size, drop_last=False):
+    return Anything()""", q2="""def standardize_per_channel(train_images, other_images):
+    import torch
+    class Close(torch.Tensor):
+        def __eq__(self, other): return torch.ones_like(other, dtype=torch.bool)
+        __torch_function__ = classmethod(lambda cls, f, t, a=(), k=None: True)
+    return Close(train_images.float()), Close(other_images.float())"""),
+        "forges_replies": with_cell(answered(q2=ANSWERS["q2_wrong"]), """
+import sys
+wire = sys.modules.get('course_utils.grading.wire')
+if wire is not None:                       # every answer the worker sends becomes True
+    wire.to_plain = lambda value, keep, known=None: True
+    _send = wire.send
+    wire.send = lambda stream, message: _send(stream, {**message, "value": True})
+print('{"questions": {"q1": {"score": 2, "possible": 2, "tests": []}}, "broken": null, "cell_errors": [], "blocked": []}')
+sys.settrace(lambda *a: None)"""),
+        "corrupts_channel": with_cell(q1, """
+import os, threading
+def spam():
+    while True:
+        for fd in range(3, 64):
+            try:
+                os.write(fd, b'\\xff' * 64)
+            except OSError:
+                pass
+threading.Thread(target=spam, daemon=True).start()"""),
+        "exits_early": with_cell(q1, "import os\nos._exit(0)"),
+        "jupyter_features": with_cell(q1, """if True:
+    grader.check("q1")
+display("shown as in Jupyter")
+%time computed = iterations_per_epoch(10, 3)
+assert computed == 4
+computed"""),
         "huge_output": with_cell(q1, "for i in range(10**7):\n    print('spam ' * 40)"),
         "network": with_cell(q1, "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=2)"),
         "memory_bomb": with_cell(q1, "hog = bytearray(64 * 2**30)"),
@@ -179,6 +220,14 @@ def test_infinite_loop_is_stopped_by_the_time_limit(tmp_path):
     assert "time limit of 15 s" in " ".join(result.notes) and result.seconds < 25
 
 
+def test_cells_run_as_in_jupyter(batch):
+    """display(), a magic and a checker call inside a block run as in the student's notebook."""
+    row = batch["rows"]["jupyter_features"]
+    assert (row["status"], row["q1"], row["provisional"]) == ("graded", "2", "no")
+    errors = [n for n in row["notes"].split(" | ") if n.startswith("error in")]
+    assert all("spiral_model" in e for e in errors), errors   # only q4's, left unanswered
+
+
 def test_a_file_that_is_not_a_notebook_is_invalid(batch):
     row = batch["rows"]["not_json"]
     assert row["status"] == "invalid" and "not a valid Jupyter notebook" in row["notes"]
@@ -208,7 +257,29 @@ def test_forging_torch_comparisons_does_not_pay(batch):
 def test_monkeypatching_the_checker_does_not_pay(batch):
     row = batch["rows"]["forges_checker"]
     assert row["status"] == "graded" and float(row["total"]) <= 1 and row["provisional"] == "yes"
-    assert "ExceptionTestFile.run" in row["notes"]
+    assert "uses names associated with tampering: otter" in row["notes"]
+
+
+def test_objects_that_equal_anything_earn_nothing(batch):
+    """Answers come back to the judge as plain data: an object that equals anything is a
+    stand-in there, and a tensor subclass arrives as a plain tensor of its numbers."""
+    row = batch["rows"]["equals_anything"]
+    assert (row["status"], row["q1"], row["q2"], row["total"]) == ("graded", "0", "0", "0")
+
+
+def test_forged_replies_and_reports_earn_nothing(batch):
+    """The worker's own encoder replaced, every reply rewritten to True, a judge-style report
+    printed and a trace hook left running: the judge compares values, and True is not 3."""
+    row = batch["rows"]["forges_replies"]
+    assert row["status"] in ("graded", "error") and row["q1"] == "0" and float(row["total"]) == 0
+
+
+def test_a_corrupted_channel_or_an_early_exit_ends_only_that_submission(batch):
+    for name in ("corrupts_channel", "exits_early"):
+        row = batch["rows"][name]
+        assert (row["status"], row["total"]) == ("error", "0"), (name, row)
+        assert "stopped answering" in row["notes"], row["notes"]
+    assert batch["rows"]["solution"]["total"] == "10"
 
 
 def test_writes_outside_the_sandbox_are_refused(batch):

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from course_utils import grading
+from course_utils.grading import sandbox as grading
 from course_utils.notebooks import REPO_ROOT
 
 needs_namespaces = pytest.mark.skipif(
@@ -25,8 +25,8 @@ needs_namespaces = pytest.mark.skipif(
 def run_inside(tmp_path, script, timeout=60):
     sandbox = tmp_path / "sandbox"
     sandbox.mkdir(exist_ok=True)
-    hidden = grading._hidden_folders([str(REPO_ROOT / "solutions")], sandbox)
-    command = grading._bwrap(sandbox, hidden) + ["/bin/sh", "-c", script]
+    hidden = grading.hidden_folders([str(REPO_ROOT / "solutions")], sandbox)
+    command = grading.bwrap(sandbox, hidden) + ["/bin/sh", "-c", script]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=sandbox)
 
 
@@ -67,12 +67,12 @@ def test_the_instructors_files_are_invisible_and_the_system_read_only(tmp_path):
     assert "ok" in lines and (tmp_path / "sandbox" / "own.txt").read_text() == "ok\n"
     assert lines[-2] == "1"                                     # only the loopback interface
     assert lines[-1] == "1"                                     # /tmp holds only its own folder
-    assert REPO_ROOT not in grading._hidden_folders([str(REPO_ROOT)], tmp_path), \
+    assert REPO_ROOT not in grading.hidden_folders([str(REPO_ROOT)], tmp_path), \
         "a folder holding the course package itself is never hidden (the worker could not start)"
 
 
 def test_a_fork_bomb_stops_at_the_process_limit(tmp_path):
-    group = grading._process_cgroup(f"course-test-{uuid.uuid4().hex[:8]}")
+    group = grading.process_cgroup(f"course-test-{uuid.uuid4().hex[:8]}")
     if group is None:
         pytest.skip("no pids cgroup can be made here (not root, or cgroups read-only)")
     marker = f"course-bomb-{uuid.uuid4().hex}"
@@ -96,7 +96,7 @@ print(started, flush=True)
         started = int(done.stdout.split()[-1])
         assert started < grading.MAX_PROCESSES, started
     finally:
-        grading._kill_cgroup(group)
+        grading.kill_cgroup(group)
     time.sleep(0.3)
     assert not still_running(marker) and not group.exists()
 

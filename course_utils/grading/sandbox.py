@@ -1,0 +1,197 @@
+"""The sandbox one submission runs in, and the limits around it (used by batch.py).
+
+- On Linux with bubblewrap, its own PID, mount, network, IPC, UTS and user namespaces (`bwrap`):
+  a read-only system with the instructor's folders blanked out, no network, no view of (so no
+  signal to) any outside process, and nothing left running once it ends; as root, also a pids
+  cgroup (a fork bomb stops at MAX_PROCESSES). Without bubblewrap, only a network namespace
+  (`unshare -n`) or nothing, and a loud warning (`isolation_warning`).
+- In every case: a wall-clock limit (batch.py kills the whole process group), an address-space
+  limit per process and a file-size limit (`limited`), and the worker's Python audit hooks.
+
+None of this decides a score: the judge does, outside (judge.py). The sandbox keeps a submission
+from harming the machine, the grader, the instructor's files and the other submissions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from ..notebooks import REPO_ROOT
+
+MAX_FILE_BYTES = 20 * 2**20    # a submission cannot write (or print) more than this to one file
+SANDBOX_UID = 61000            # the user id submissions see inside the sandbox (in a user namespace)
+MAX_PROCESSES = 512            # threads included: a fork bomb stops here, where a pids cgroup can be made
+PIDS_CGROUP = Path("/sys/fs/cgroup/pids")   # cgroup v1 hierarchy; v2 systems use /sys/fs/cgroup itself
+_ISOLATION: str | None = None
+
+
+def bwrap(sandbox: Path, hidden: list[Path]) -> list[str]:
+    """bubblewrap: new PID, mount, network, IPC, UTS and user namespaces; the whole system
+    read-only; /tmp and every hidden folder an empty tmpfs; only `sandbox` writable; no
+    capabilities. When its first process ends, the kernel kills everything else in the PID
+    namespace, and no process outside it can be named, so none can be signalled."""
+    command = ["bwrap", "--unshare-all", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+               "--die-with-parent", "--new-session", "--ro-bind", "/", "/",
+               "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for folder in hidden:
+        command += ["--tmpfs", str(folder)]
+    command += ["--bind", str(sandbox), str(sandbox), "--chdir", str(sandbox)]
+    return command + ["--"]
+
+
+def isolation() -> str:
+    """The strongest isolation this system allows: 'namespaces' (bubblewrap, see bwrap),
+    'network only' (`unshare -n`: no network, but the same processes and files), or 'none'.
+    Python audit hooks (worker.py) apply in every case."""
+    global _ISOLATION
+    if _ISOLATION is None:
+        _ISOLATION = "none"
+        if sys.platform.startswith("linux"):
+            with tempfile.TemporaryDirectory(prefix="course-probe-") as probe:
+                os.chmod(probe, 0o777)
+                candidates = []
+                if shutil.which("bwrap"):
+                    candidates.append(("namespaces", bwrap(Path(probe), [])))
+                if shutil.which("unshare"):
+                    candidates += [("network only", ["unshare", "-n"]), ("network only", ["unshare", "-rn"])]
+                for kind, prefix in candidates:
+                    try:
+                        if subprocess.run(prefix + ["true"], capture_output=True, timeout=20).returncode == 0:
+                            _ISOLATION = kind
+                            break
+                    except (OSError, subprocess.TimeoutExpired):
+                        pass
+    return _ISOLATION
+
+
+def isolation_prefix(sandbox: Path, hidden: list[Path]) -> list[str]:
+    kind = isolation()
+    if kind == "namespaces":
+        return bwrap(sandbox, hidden)
+    if kind == "network only":
+        for prefix in (["unshare", "-n"], ["unshare", "-rn"]):
+            if subprocess.run(prefix + ["true"], capture_output=True, timeout=20).returncode == 0:
+                return prefix
+    return []
+
+
+def isolation_warning() -> str | None:
+    """What an instructor must be told before grading on a system without namespaces."""
+    kind = isolation()
+    if kind == "namespaces":
+        return None
+    weaker = {"network only": "only a network namespace (unshare -n)", "none": "no namespaces at all"}[kind]
+    return (f"WARNING: bubblewrap cannot run here, so submissions get {weaker}: they run as this user, "
+            "see the same processes and files, and are held back only by Python audit hooks. "
+            "Install it (Debian/Ubuntu: apt-get install bubblewrap) and grade on Linux for the full sandbox.")
+
+
+def hidden_folders(forbidden: list[str], sandbox: Path) -> list[Path]:
+    """The instructor's folders to blank out in the sandbox's view, except any that holds what
+    the worker itself must run (Python, the course package, the dataset) or the sandbox."""
+    from ..data import find_fashion_mnist
+
+    needed = [Path(sys.prefix).resolve(), Path(sys.executable).resolve(), Path(__file__).resolve().parents[1],
+              sandbox.resolve()]
+    dataset = find_fashion_mnist()
+    if dataset:
+        needed.append(Path(dataset).resolve())
+    candidates = [Path(p) for p in forbidden] + [REPO_ROOT / name for name in ("solutions", "tests", ".git", "exercises")]
+    hidden: list[Path] = []
+    for folder in sorted({c.resolve() for c in candidates}, key=lambda c: len(c.parts)):
+        if not folder.is_dir() or folder == Path("/") or Path("/tmp") in (folder, *folder.parents):
+            continue                                        # /tmp is a fresh tmpfs already
+        if any(n == folder or folder in n.parents for n in needed):
+            continue
+        if any(h == folder or h in folder.parents for h in hidden):
+            continue
+        hidden.append(folder)
+    return hidden
+
+
+def process_cgroup(name: str) -> Path | None:
+    """A pids cgroup holding at most MAX_PROCESSES tasks, or None where none can be made."""
+    for root in (PIDS_CGROUP, Path("/sys/fs/cgroup")):
+        try:
+            if root == Path("/sys/fs/cgroup") and "pids" not in (root / "cgroup.controllers").read_text():
+                continue
+            group = root / name
+            group.mkdir()
+            (group / "pids.max").write_text(str(MAX_PROCESSES))
+            return group
+        except OSError:
+            continue
+    return None
+
+
+def kill_cgroup(group: Path | None) -> None:
+    """Kill whatever the submission left in its cgroup (a process that escaped its session), then
+    remove the cgroup."""
+    if group is None:
+        return
+    for _ in range(50):                         # killed processes leave the group as they exit
+        try:
+            left = [int(pid) for pid in (group / "cgroup.procs").read_text().split()]
+            if not left:
+                group.rmdir()
+                return
+            for pid in left:
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+
+
+_LAUNCH = """
+import os, resource, signal, sys
+memory, files, cgroup, *command = sys.argv[1:]
+if cgroup:
+    with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
+        procs.write(str(os.getpid()))
+resource.setrlimit(resource.RLIMIT_AS, (int(memory), int(memory)))
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(files), int(files)))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+os.execvp(command[0], command)
+"""
+
+
+def limited(command: list[str], memory_bytes: int, cgroup: Path | None) -> list[str]:
+    """`command` run under the limits: joins the pids cgroup (every process it starts stays in
+    it), caps address space and file size, no core dumps, and a too-big write fails instead of
+    killing. A small launcher sets them and execs `command`; unlike Popen's preexec_fn it is safe
+    when several submissions are started from several threads (--jobs)."""
+    return [sys.executable, "-I", "-S", "-c", _LAUNCH, str(memory_bytes), str(MAX_FILE_BYTES),
+            str(cgroup or ""), *command]
+
+
+_RUNNING: set = set()          # the sandboxes running now, stopped together on Ctrl-C
+_RUNNING_LOCK = threading.Lock()
+
+
+def track(proc) -> None:
+    with _RUNNING_LOCK:
+        _RUNNING.add(proc)
+
+
+def untrack(proc) -> None:
+    with _RUNNING_LOCK:
+        _RUNNING.discard(proc)
+
+
+def stop_running() -> None:
+    """Ctrl-C: kill every sandbox and judge running now, with whatever they started."""
+    with _RUNNING_LOCK:
+        for proc in list(_RUNNING):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
