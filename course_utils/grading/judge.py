@@ -13,11 +13,12 @@ patched comparison functions, objects that equal anything and trace hooks earn n
 
 What a test may do with the student's objects (say it to whoever writes tests):
 - call them, read and set their attributes, index them, take their len() or iterate them;
-- pass them tensors, arrays, numbers, strings, containers, torch modules and generators; a call
-  runs with this process's random state and hands it back after, and the new values of every
-  tensor, module (its parameters, buffers, gradients and train/eval mode) and generator it was
-  given are copied back, so seeding, "does not change its input" and in-place updates all behave
-  as in the student's notebook;
+- pass them tensors, arrays, numbers, strings, containers, torch modules and generators, and
+  functions of the test's own (the sandbox calls them back here); a call runs with this
+  process's random state and hands it back after, and the new values of every tensor, module
+  (parameters, buffers, gradients, requires_grad, train/eval mode), generator, dict and list it
+  was given are copied back, so seeding, "does not change its input" and in-place updates all
+  behave as in the student's notebook, and a result that *is* an argument is the test's object;
 - NOT share memory with them: a model the test builds and an optimizer the student's class makes
   live in different processes, and a result's autograd graph stays in the sandbox. Put such code
   in a probe: `in_submission(function, *args)` runs the test's own function in the sandbox and
