@@ -98,7 +98,7 @@ def to_plain(value, keep, known=None):
                            "requires_grad": bool(value.requires_grad),
                            "parameter": isinstance(value, torch.nn.Parameter)}}
     if isinstance(value, (numpy.ndarray, numpy.generic)) and str(value.dtype) in ARRAY_DTYPES:
-        array = numpy.ascontiguousarray(value)
+        array = numpy.asarray(value)            # (tobytes() writes C order; a scalar stays 0-d)
         return {"ndarray": {"dtype": str(array.dtype), "shape": list(array.shape),
                             "data": _b64(array.tobytes()), "scalar": isinstance(value, numpy.generic)}}
     if isinstance(value, torch.nn.Module) and all(_builtin(m) for m in value.modules()):
@@ -238,26 +238,27 @@ def _rebuild_module(body: dict, again):
     return module
 
 
-def _shape(body) -> list[int]:
-    shape = body.get("shape")
+def _raw(body: dict, dtypes: tuple, itemsize, what: str) -> tuple[str, list[int], bytes]:
+    """A tensor's or an array's dtype, shape and bytes, each checked against the others."""
+    dtype, shape = body.get("dtype"), body.get("shape")
     if type(shape) is not list or not all(type(n) is int and n >= 0 for n in shape) or len(shape) > 32:
-        raise WireError("a tensor with a malformed shape")
-    return shape
+        raise WireError(f"{what} with a malformed shape")
+    if dtype not in dtypes or type(body.get("data")) is not str:
+        raise WireError(f"{what} with a malformed dtype or data")
+    raw = base64.b64decode(body["data"], validate=True)
+    if len(raw) != math.prod(shape) * itemsize(dtype):
+        raise WireError(f"{what} whose data does not match its shape")
+    return dtype, shape, raw
 
 
 def _tensor(body: dict):
     import torch
 
-    dtype, shape = body.get("dtype"), _shape(body)
-    if dtype not in TENSOR_DTYPES or type(body.get("data")) is not str:
-        raise WireError("a tensor with a malformed dtype or data")
-    raw = base64.b64decode(body["data"], validate=True)
-    dtype = getattr(torch, dtype)
-    count = math.prod(shape)
-    if len(raw) != count * torch.empty(0, dtype=dtype).element_size():
-        raise WireError("a tensor whose data does not match its shape")
+    name, shape, raw = _raw(body, TENSOR_DTYPES, lambda d: torch.empty(0, dtype=getattr(torch, d)).element_size(),
+                            "a tensor")
+    dtype = getattr(torch, name)
     tensor = (torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype).reshape(shape).clone()
-              if count else torch.empty(shape, dtype=dtype))
+              if raw else torch.empty(shape, dtype=dtype))
     if body.get("requires_grad") is True and (tensor.is_floating_point() or tensor.is_complex()):
         tensor = torch.nn.Parameter(tensor) if body.get("parameter") is True else tensor.requires_grad_()
     return tensor
@@ -266,12 +267,7 @@ def _tensor(body: dict):
 def _array(body: dict):
     import numpy
 
-    dtype, shape = body.get("dtype"), _shape(body)
-    if dtype not in ARRAY_DTYPES or type(body.get("data")) is not str:
-        raise WireError("an array with a malformed dtype or data")
-    raw = base64.b64decode(body["data"], validate=True)
-    if len(raw) != math.prod(shape) * numpy.dtype(dtype).itemsize:
-        raise WireError("an array whose data does not match its shape")
+    dtype, shape, raw = _raw(body, ARRAY_DTYPES, lambda d: numpy.dtype(d).itemsize, "an array")
     array = numpy.frombuffer(raw, dtype=dtype).reshape(shape).copy()
     return array[()] if body.get("scalar") is True and array.ndim == 0 else array
 
