@@ -1,4 +1,4 @@
-"""The `course` command: doctor, data, run, lab, exercises, grade.
+"""The `course` command: doctor, data, run, lab, and for instructors exercises, grade, release.
 
     course doctor              is everything in place? (exit 0 only when the course can run)
     course data                find, verify or fetch Fashion-MNIST
@@ -7,6 +7,10 @@
     course exercises build     regenerate exercises/ from solutions/ (otter assign)
     course exercises check     fail if an exercise is stale or contains solution code
     course grade SUBMISSION... grade handed-in notebooks offline: gradebook.csv and feedback
+    course grade --gradescope ASSIGNMENT   write a Gradescope autograder zip instead
+    course release OUTDIR      write the student edition: no solutions, no hidden tests
+
+The last three are instructor tools (course_utils/grading/); the student edition has the others.
 """
 
 from __future__ import annotations
@@ -114,16 +118,22 @@ def cmd_exercises(args) -> int:
 
 def cmd_grade(args) -> int:
     from .grading import GradingError, grade
+    if args.gradescope:
+        return cmd_gradescope(args)
+    if not args.submissions:
+        print("course grade: give the submissions (notebooks or folders of them), "
+              "or --gradescope ASSIGNMENT to build a Gradescope autograder.", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     try:
-        results = grade(args.submissions, args.output, timeout=args.timeout,
+        results = grade(args.submissions, args.output or "grades", timeout=args.timeout,
                         memory_gb=args.memory_gb, assignment=args.assignment, jobs=args.jobs,
                         regrade=args.regrade)
     except GradingError as err:
         print(err, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\ninterrupted: the submissions that finished are saved in {Path(args.output).resolve()}; "
+        print(f"\ninterrupted: the submissions that finished are saved in {Path(args.output or 'grades').resolve()}; "
               "run the same command again to grade the rest", file=sys.stderr)
         return 130
     seconds = time.perf_counter() - started
@@ -132,8 +142,35 @@ def cmd_grade(args) -> int:
     print(f"\n{len(results)} submission(s) in {seconds:.1f} s ({len(results) / seconds:.2f} per second): " +
           ", ".join(f"{n} {s}" for s, n in counts.items() if n) +
           (f"; {provisional} provisional (flagged for review)" if provisional else ""))
-    print(f"gradebook: {Path(args.output).resolve() / 'gradebook.csv'}")
-    print(f"feedback:  {Path(args.output).resolve() / 'feedback'}/")
+    print(f"gradebook: {Path(args.output or 'grades').resolve() / 'gradebook.csv'}")
+    print(f"feedback:  {Path(args.output or 'grades').resolve() / 'feedback'}/")
+    return 0
+
+
+def cmd_gradescope(args) -> int:
+    from .grading import GradingError
+    from .grading.gradescope import build_gradescope_zip
+    try:
+        path = build_gradescope_zip(args.gradescope, Path(args.output or "gradescope"), timeout=args.timeout,
+                                    memory_gb=args.memory_gb)
+    except GradingError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(f"wrote {path}\nUpload it as the assignment's autograder (Gradescope: Configure Autograder "
+          "-> Zip file upload); students submit their .ipynb file.")
+    return 0
+
+
+def cmd_release(args) -> int:
+    from .grading import GradingError
+    from .grading.release import release
+    try:
+        path = release(Path(args.output), check=not args.no_check)
+    except GradingError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(f"wrote the student edition to {path}: lessons, exercises, course_utils without grading, "
+          "no solutions and no hidden tests (searched for every answer line).")
     return 0
 
 
@@ -164,6 +201,24 @@ def main(argv=None) -> int:
     run.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell")
     run.set_defaults(func=cmd_run)
 
+    if instructor_tools():
+        add_instructor_commands(sub)
+
+    lab = sub.add_parser("lab", help="open JupyterLab on the course")
+    lab.add_argument("extra", nargs=argparse.REMAINDER, help="options passed to jupyter lab")
+    lab.set_defaults(func=cmd_lab)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def instructor_tools() -> bool:
+    """Whether this is the instructor's repository (the student edition has no grading package)."""
+    import importlib.util
+    return importlib.util.find_spec("course_utils.grading") is not None
+
+
+def add_instructor_commands(sub) -> None:
     exercises = sub.add_parser("exercises", help="build exercises/ from solutions/, or check them")
     exercises.add_argument("action", choices=["build", "check"])
     exercises.add_argument("--no-run-tests", action="store_true",
@@ -171,8 +226,13 @@ def main(argv=None) -> int:
     exercises.set_defaults(func=cmd_exercises)
 
     grade = sub.add_parser("grade", help="grade handed-in notebooks offline, each in a sandbox")
-    grade.add_argument("submissions", nargs="+", help="notebooks, or folders of notebooks")
-    grade.add_argument("-o", "--output", default="grades", help="folder for gradebook.csv and feedback/")
+    grade.add_argument("submissions", nargs="*", help="notebooks, or folders of notebooks")
+    grade.add_argument("-o", "--output", default=None,
+                       help="folder for gradebook.csv and feedback/ (default: grades), or for the "
+                            "Gradescope zip (default: gradescope)")
+    grade.add_argument("--gradescope", metavar="ASSIGNMENT", default=None,
+                       help="instead of grading, write a Gradescope autograder zip for this "
+                            "assignment (a name like 03_regularization, or its solution notebook)")
     grade.add_argument("--timeout", type=float, default=600, help="seconds per submission (default 600)")
     grade.add_argument("--memory-gb", type=float, default=8, help="memory limit per submission (default 8)")
     grade.add_argument("--assignment", default=None,
@@ -185,12 +245,11 @@ def main(argv=None) -> int:
                             "are unchanged, so an interrupted batch resumes")
     grade.set_defaults(func=cmd_grade)
 
-    lab = sub.add_parser("lab", help="open JupyterLab on the course")
-    lab.add_argument("extra", nargs=argparse.REMAINDER, help="options passed to jupyter lab")
-    lab.set_defaults(func=cmd_lab)
-
-    args = parser.parse_args(argv)
-    return args.func(args)
+    release = sub.add_parser("release", help="write the student edition (no solutions, no hidden tests)")
+    release.add_argument("output", help="a new folder for the student edition")
+    release.add_argument("--no-check", action="store_true",
+                         help="skip checking that exercises/ is current (the leak search still runs)")
+    release.set_defaults(func=cmd_release)
 
 
 if __name__ == "__main__":

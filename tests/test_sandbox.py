@@ -6,10 +6,12 @@ why, where the system cannot make namespaces. Signals aimed at the grader are on
 inside the PID namespace, where the grader's process cannot be named.
 """
 import os
+import shutil
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -71,10 +73,42 @@ def test_the_instructors_files_are_invisible_and_the_system_read_only(tmp_path):
         "a folder holding the course package itself is never hidden (the worker could not start)"
 
 
+@needs_namespaces
+def test_other_submissions_are_invisible_wherever_the_scratch_folder_is(tmp_path):
+    """The grader's scratch folder holds every running sandbox. Under /tmp the sandbox's own /tmp
+    hides it; elsewhere (TMPDIR=/var/tmp, say) it is blanked out and only the sandbox's own
+    folder is mounted back into it."""
+    import tempfile
+    scratch = Path(tempfile.mkdtemp(prefix="course-scratch-", dir="/var/tmp" if Path("/var/tmp").is_dir() else REPO_ROOT))
+    try:
+        mine, other = scratch / "sandboxes" / "submission-a", scratch / "sandboxes" / "submission-b"
+        mine.mkdir(parents=True)
+        other.mkdir(parents=True)
+        (other / "answers.txt").write_text("the other student's work")
+        (scratch / "judge-log.txt").write_text("a judge's log")
+        hidden = grading.hidden_folders([str(scratch)], mine)
+        assert scratch in hidden
+        command = grading.bwrap(mine, hidden) + ["/bin/sh", "-c", f"""
+            ls -A {scratch / 'sandboxes'}; cat {other / 'answers.txt'} 2>/dev/null || echo "unreadable"
+            ls -A {scratch}; echo ok > own.txt && cat own.txt"""]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=mine)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["submission-a", "unreadable", "sandboxes", "ok"], done.stdout
+        assert (mine / "own.txt").read_text() == "ok\n"
+    finally:
+        shutil.rmtree(scratch)
+
+
+def cgroups_or_skip(controller):
+    groups = grading.submission_cgroups(f"course-test-{uuid.uuid4().hex[:8]}", 2 * 2**30)
+    if not any(controller in str(group) or (group / f"{controller}.max").exists() for group in groups):
+        grading.kill_cgroups(groups)
+        pytest.skip(f"no {controller} cgroup can be made here (not root, or cgroups read-only)")
+    return groups
+
+
 def test_a_fork_bomb_stops_at_the_process_limit(tmp_path):
-    group = grading.process_cgroup(f"course-test-{uuid.uuid4().hex[:8]}")
-    if group is None:
-        pytest.skip("no pids cgroup can be made here (not root, or cgroups read-only)")
+    groups = cgroups_or_skip("pids")
     marker = f"course-bomb-{uuid.uuid4().hex}"
     bomb = f"""
 import os, sys, time
@@ -91,14 +125,41 @@ for _ in range({grading.MAX_PROCESSES + 100}):
 print(started, flush=True)
 """
     try:
-        done = subprocess.run(grading.limited([sys.executable, "-c", bomb], 8 * 2**30, group),
+        done = subprocess.run(grading.limited([sys.executable, "-c", bomb], 8 * 2**30, groups),
                               capture_output=True, text=True, timeout=60, start_new_session=True)
         started = int(done.stdout.split()[-1])
         assert started < grading.MAX_PROCESSES, started
     finally:
-        grading.kill_cgroup(group)
+        grading.kill_cgroups(groups)
     time.sleep(0.3)
-    assert not still_running(marker) and not group.exists()
+    assert not still_running(marker) and not any(group.exists() for group in groups)
+
+
+def test_the_memory_limit_holds_for_the_whole_sandbox_not_each_process(tmp_path):
+    """Four processes of 1 GiB each, every one within the per-process limit of 8 GiB: together
+    they pass the sandbox's 2 GiB, and the memory cgroup stops them."""
+    groups = cgroups_or_skip("memory")
+    hog = """
+import os, sys, time
+children = []
+for _ in range(4):
+    pid = os.fork()
+    if pid == 0:
+        block = bytearray(2**30)              # 1 GiB, touched page by page
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        os._exit(0)
+    children.append(pid)
+killed = sum(os.WIFSIGNALED(os.waitpid(pid, 0)[1]) for pid in children)
+print(killed, flush=True)
+"""
+    try:
+        done = subprocess.run(grading.limited([sys.executable, "-c", hog], 8 * 2**30, groups),
+                              capture_output=True, text=True, timeout=120, start_new_session=True)
+        assert int(done.stdout.split()[-1]) >= 1, "4 GiB in four processes fitted a 2 GiB sandbox"
+    finally:
+        grading.kill_cgroups(groups)
+    assert not any(group.exists() for group in groups)
 
 
 def test_the_warning_names_the_fix_when_namespaces_are_missing(monkeypatch):

@@ -6,8 +6,11 @@ submission cannot forge. Modules, in the order a submission meets them:
 - sandbox: the OS sandbox around one submission (bubblewrap namespaces, cgroup, limits);
 - worker: inside the sandbox: runs the student's cells, then answers calls with plain data;
 - wire: the messages between the two sides, and the plain data that cannot carry code;
+- judges: the judge server, which forks one judge per submission with its libraries imported;
 - judge: outside the sandbox: runs the tests against those answers and decides the score;
-- review: flags that ask the instructor to look (they change no score).
+- review: flags that ask the instructor to look (they change no score);
+- gradescope: the same grading packed as a Gradescope autograder (`course grade --gradescope`);
+- release: the student edition, without solutions or hidden tests (`course release`).
 """
 
 from .assignments import (EXERCISES_DIR, SOLUTIONS_DIR, Autograder, GradingError, build_autograder,

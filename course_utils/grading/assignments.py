@@ -9,6 +9,8 @@ process: see that module for what a test may and may not do with the student's o
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import os
 import re
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..files import write_text_atomic
-from ..notebooks import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[2]   # (not from ..notebooks: the sandbox must not import nbclient)
 
 SOLUTIONS_DIR = REPO_ROOT / "solutions"
 EXERCISES_DIR = REPO_ROOT / "exercises"
@@ -88,9 +90,20 @@ def _deterministic_ids(nb: dict, prefix: str) -> dict:
     return nb
 
 
+_BUILT: dict[tuple, Autograder] = {}   # (path, content, run_tests) -> what otter assign made of it
+
+
 def build_autograder(solution: Path, run_tests: bool = False) -> Autograder:
-    """Run `otter assign` on a solution notebook in a scratch folder and collect what it makes."""
+    """Run `otter assign` on a solution notebook in a scratch folder and collect what it makes
+    (once per content of the notebook in this process: a batch, a release and the tests reuse it)."""
     solution = Path(solution).resolve()
+    key = (str(solution), hashlib.sha256(solution.read_bytes()).hexdigest(), run_tests)
+    if key not in _BUILT:
+        _BUILT[key] = _build_autograder(solution, run_tests)
+    return copy.deepcopy(_BUILT[key])
+
+
+def _build_autograder(solution: Path, run_tests: bool) -> Autograder:
     solution_nb = json.loads(solution.read_text(encoding="utf-8"))
     name = assignment_name(solution_nb, solution)
     problems = misplaced_delimiters(solution_nb)

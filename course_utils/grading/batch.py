@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..files import write_text_atomic
 from . import sandbox as sandboxes
+from .judges import JudgeServer, RunningJudge
 from .assignments import SOLUTIONS_DIR, Autograder, GradingError, assignment_name, build_autograder, solution_notebooks
 from .review import suspicious_names
 
@@ -66,14 +67,18 @@ class GradeResult:
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
 
 
-def _run_submission(submission_nb: bytes, grader: Autograder, timeout: float, memory_gb: float,
-                    forbidden: list[str], scratch: Path) -> tuple[str, dict | None, str]:
-    """Run one submission in its sandbox, judged by its own judge process, both under one
-    wall-clock limit. Returns (status, the judge's report or None, explanation)."""
+def _run_submission(submission_nb: bytes, grader, timeout: float, memory_gb: float,
+                    forbidden: list[str], scratch: Path, judges: JudgeServer,
+                    threads: int) -> tuple[str, dict | None, str]:
+    """Run one submission in its sandbox, judged by a judge forked for it, both under one
+    wall-clock limit (which starts once `grader()` has the assignment's tests: the sandbox may
+    start while they are still being built). Returns (status, the judge's report or None,
+    explanation)."""
+    from ..cpu_threads import calm_openmp_spinning
     from ..data import find_fashion_mnist
 
     sandbox = Path(tempfile.mkdtemp(prefix="submission-", dir=scratch / "sandboxes"))
@@ -81,71 +86,63 @@ def _run_submission(submission_nb: bytes, grader: Autograder, timeout: float, me
     notebook = sandbox / "submission.ipynb"
     notebook.write_bytes(submission_nb)
     dataset = find_fashion_mnist()
-    env = {
+    env = calm_openmp_spinning({
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(sandbox),
         "TMPDIR": str(sandbox / "tmp"), "MPLBACKEND": "Agg", "COURSE_HEADLESS": "1",
         "MPLCONFIGDIR": str(sandbox / "tmp" / "matplotlib"), "PYTHONDONTWRITEBYTECODE": "1",
-        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "LANG": os.environ.get("LANG", "C.UTF-8"), "OMP_NUM_THREADS": str(threads),
         **({"COURSE_DATA_DIR": str(dataset)} if dataset else {}),
-    }
+    })
     prefix = sandboxes.isolation_prefix(sandbox, sandboxes.hidden_folders(forbidden, sandbox))
-    cgroup = sandboxes.process_cgroup(f"course-grade-{os.getpid()}-{sandbox.name}")
+    cgroups = sandboxes.submission_cgroups(f"course-grade-{os.getpid()}-{sandbox.name}", int(memory_gb * 2**30))
     command = sandboxes.limited(prefix + [sys.executable, "-m", "course_utils.grading.worker",
                                           str(sandbox), str(notebook), *forbidden],
-                                int(memory_gb * 2**30), cgroup)
-    payload = json.dumps({"tests": grader.tests, "points": grader.points}).encode()
+                                int(memory_gb * 2**30), cgroups)
     timed_out = threading.Event()
-    procs: list[subprocess.Popen] = []
+    running: list = []              # the sandbox's process, then the judge's
 
     def kill_all():
         timed_out.set()
-        for proc in procs:
-            _kill_group(proc)
+        for proc in running:
+            proc.kill() if isinstance(proc, RunningJudge) else _kill_group(proc)
 
-    with open(scratch / f"stderr-{sandbox.name}.txt", "wb") as stderr, \
-            open(scratch / f"judge-{sandbox.name}.txt", "wb") as judge_log:
-        student = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=stderr, cwd=sandbox, env=env, start_new_session=True)
-        procs.append(student)
-        sandboxes.track(student)
-        judge = None
+    report = None
+    judge_log = scratch / f"judge-{sandbox.name}.txt"
+    with open(scratch / f"stderr-{sandbox.name}.txt", "wb") as stderr, open(judge_log, "wb") as log:
+        student = sandboxes.start(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=stderr, cwd=sandbox, env=env, start_new_session=True)
+        running.append(student)
         timer = threading.Timer(timeout, kill_all)
-        timer.start()
+        judge = None
         try:
-            to_student, from_student = student.stdin.fileno(), student.stdout.fileno()
-            judge = subprocess.Popen(
-                sandboxes.limited([sys.executable, "-c", "from course_utils.grading import judge; judge.main()",
-                                   str(to_student), str(from_student)], int(memory_gb * 2**30), None),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=judge_log,
-                pass_fds=(to_student, from_student), start_new_session=True,
-                env={**os.environ, "MPLBACKEND": "Agg", "COURSE_HEADLESS": "1"})
-            procs.append(judge)
+            tests = grader()
+            timer.start()
+            judge = judges.start(student.stdin.fileno(), student.stdout.fileno(), log.fileno(),
+                                 tests.tests, tests.points, int(memory_gb * 2**30), threads)
+            running.append(judge)
             sandboxes.track(judge)
             student.stdin.close()          # the judge holds the only ends now: when either side
             student.stdout.close()         # ends, the other reads end-of-file and cannot hang
-            judge.stdin.write(payload)
-            judge.stdin.close()
-            report_text = judge.stdout.read(MAX_REPORT_BYTES)
-            judge.wait()
+            report = judge.report(MAX_REPORT_BYTES)
             try:
                 student.wait(timeout=10)   # it leaves when the judge says goodbye
             except subprocess.TimeoutExpired:
                 pass
         finally:
             timer.cancel()
-            for proc in procs:
-                if proc.poll() is None:
-                    _kill_group(proc)
-                    proc.wait()
-                sandboxes.untrack(proc)
-            sandboxes.kill_cgroup(cgroup)
+            if judge is not None:
+                judge.close()
+                sandboxes.untrack(judge)
+            if student.poll() is None:
+                _kill_group(student)
+                student.wait()
+            sandboxes.untrack(student)
+            sandboxes.kill_cgroups(cgroups)
     shutil.rmtree(sandbox, ignore_errors=True)
     if timed_out.is_set():
         return "timeout", None, f"stopped after the time limit of {timeout:g} s (an endless loop?)"
-    try:
-        report = json.loads(report_text)
-    except ValueError:
-        tail = (scratch / f"judge-{sandbox.name}.txt").read_text(errors="replace")[-1500:]
+    if report is None:
+        tail = judge_log.read_text(errors="replace")[-1500:]
         return "error", None, f"the judge gave no report (a bug in the tests or the grader):\n{tail}"
     if report.get("broken"):
         tail = (scratch / f"stderr-{sandbox.name}.txt").read_text(errors="replace")[-800:]
@@ -208,30 +205,38 @@ def _load_saved(state: Path) -> dict[str, GradeResult]:
 def grade(submissions, output_dir="grades", timeout: float = DEFAULT_TIMEOUT,
           memory_gb: float = DEFAULT_MEMORY_GB, assignment: str | None = None,
           solutions: Path = SOLUTIONS_DIR, jobs: int | None = None, regrade: bool = False,
-          echo=print) -> list[GradeResult]:
+          autograders: dict[str, Autograder] | None = None, hide=(), echo=print) -> list[GradeResult]:
     """Grade each submission in its own sandbox, `jobs` at a time (default: one per core);
     gradebook.csv, feedback/<student>.md and results.json are rewritten, atomically, as each
     submission finishes. Rerunning the same command keeps every result whose submission,
-    solutions and settings are unchanged (an interrupted batch resumes); `regrade` redoes all."""
+    solutions and settings are unchanged (an interrupted batch resumes); `regrade` redoes all.
+    `autograders` (name -> Autograder) grades with assignments built already, instead of building
+    them from `solutions` (Gradescope); `hide` adds folders the sandbox must not see."""
     paths = _expand(submissions)
     if not paths:
         raise GradingError("No submissions given: pass notebook files or folders of them.")
     if jobs is not None and jobs < 1:
         raise GradingError(f"--jobs {jobs}: give 1 or more submissions to grade at once.")
     output = Path(output_dir).resolve()
-    by_name = {}
-    for solution in solution_notebooks(solutions):
-        by_name[assignment_name(json.loads(solution.read_text(encoding="utf-8")), solution)] = solution
-    solutions_digest = hashlib.sha256(b"".join(p.read_bytes() for p in by_name.values())).hexdigest()
+    graders: dict[str, Autograder] = dict(autograders or {})
+    by_name: dict[str, Path] = {}      # assignment name -> its solution notebook (or built autograder's file)
+    if autograders is None:
+        for solution in solution_notebooks(solutions):
+            by_name[assignment_name(json.loads(solution.read_text(encoding="utf-8")), solution)] = solution
+        solutions_digest = hashlib.sha256(b"".join(p.read_bytes() for p in by_name.values())).hexdigest()
+    else:
+        by_name = {name: grader.solution for name, grader in graders.items()}
+        solutions_digest = hashlib.sha256(json.dumps(
+            {name: [g.tests, g.points] for name, g in sorted(graders.items())}, sort_keys=True).encode()).hexdigest()
     settings = (timeout, memory_gb, assignment)
     warning = sandboxes.isolation_warning()
     if warning:
         echo(warning)
-    forbidden = sorted({str(p.resolve().parent) for p in paths} | {str(output), str(Path(solutions).resolve())})
+    forbidden = sorted({str(p.resolve().parent) for p in paths} | {str(output), str(Path(solutions).resolve())}
+                       | {str(Path(h).resolve()) for h in hide})
     saved = {} if regrade else _load_saved(output / "results.json")
     students = _student_names(paths)
     done: dict[str, GradeResult] = {}
-    graders: dict[str, Autograder] = {}
     build_lock, write_lock = threading.Lock(), threading.Lock()
     stopping = threading.Event()
 
@@ -245,7 +250,10 @@ def grade(submissions, output_dir="grades", timeout: float = DEFAULT_TIMEOUT,
                  + ("  PROVISIONAL" if result.provisional else "")
                  + ("  (kept from the last run)" if kept else f"  ({result.seconds:.1f} s)"), flush=True)
 
-    def one(student: str, path: Path, scratch: Path) -> None:
+    workers = max(1, jobs or os.cpu_count() or 1)
+    threads = max(1, (os.cpu_count() or 1) // workers)   # PyTorch threads per sandbox and judge
+
+    def one(student: str, path: Path, scratch: Path, judges: JudgeServer) -> None:
         raw = path.read_bytes() if path.is_file() else b""
         fingerprint = _fingerprint(raw, solutions_digest, settings)
         old = saved.get(student)
@@ -255,8 +263,8 @@ def grade(submissions, output_dir="grades", timeout: float = DEFAULT_TIMEOUT,
                              fingerprint=fingerprint)
         try:
             _grade_one(result, path, assignment, by_name, graders, build_lock, timeout, memory_gb,
-                       forbidden, scratch)
-        except GradingError:
+                       forbidden, scratch, judges, threads)
+        except (GradingError, sandboxes.Stopping):
             raise
         except Exception as err:  # noqa: BLE001 - one submission never stops the batch
             result.status, result.notes = "error", [f"the grader failed on this submission: {err}"]
@@ -266,9 +274,13 @@ def grade(submissions, output_dir="grades", timeout: float = DEFAULT_TIMEOUT,
         scratch = Path(scratch_dir)
         (scratch / "sandboxes").mkdir()
         forbidden.append(str(scratch))
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs or os.cpu_count() or 1))
+        judges = JudgeServer(scratch)
+        threading.Thread(target=judges.warm_up, daemon=True).start()   # its imports overlap the first sandboxes'
+        sandboxes.resume_starting()
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
         try:
-            for future in [pool.submit(one, student, path, scratch) for student, path in zip(students, paths)]:
+            for future in [pool.submit(one, student, path, scratch, judges)
+                           for student, path in zip(students, paths)]:
                 future.result()
         except BaseException:  # Ctrl-C, or a GradingError: stop at once, keep what finished
             stopping.set()
@@ -277,11 +289,12 @@ def grade(submissions, output_dir="grades", timeout: float = DEFAULT_TIMEOUT,
             raise
         finally:
             pool.shutdown(wait=True)
+            judges.close()
     return [done[s] for s in students]
 
 
 def _grade_one(result, path, assignment, by_name, graders, build_lock, timeout, memory_gb, forbidden,
-               scratch):
+               scratch, judges, threads):
     import nbformat
 
     raw = path.read_bytes() if path.is_file() else None
@@ -299,24 +312,32 @@ def _grade_one(result, path, assignment, by_name, graders, build_lock, timeout, 
     name = assignment or nb.get("metadata", {}).get("otter", {}).get("assignment_name")
     if name is None:
         match = re.match(r"(\d\d)_", path.name)
-        candidates = [n for n, s in by_name.items() if match and s.name.startswith(match.group(0))]
+        candidates = [n for n, s in by_name.items() if match and (s.name.startswith(match.group(0))
+                                                                  or n.startswith(match.group(0)))]
         name = candidates[0] if len(candidates) == 1 else None
     if name not in by_name:
         result.status = "invalid"
         result.notes = [f"cannot tell which assignment this is (found {name!r}); known: "
                         f"{', '.join(sorted(by_name))}. Fix: course grade --assignment NAME ..."]
         return
-    with build_lock:  # built once per assignment, whichever thread needs it first
-        if name not in graders:
-            graders[name] = build_autograder(by_name[name])
-    grader = graders[name]
     result.assignment = name
-    result.manual = list(grader.manual)
-    result.possible = sum(grader.points.values())
-    result.scores = {q: 0.0 for q in sorted(grader.tests)}
-    started = time.perf_counter()  # the submission's own run, not the shared autograder build
-    status, report, why = _run_submission(raw, grader, timeout, memory_gb, forbidden, scratch)
+
+    def grader() -> Autograder:
+        """Built once per assignment, by whichever thread needs it first; meanwhile the sandboxes
+        already started run the students' cells (they need no tests)."""
+        with build_lock:
+            if name not in graders:
+                graders[name] = build_autograder(by_name[name])
+        return graders[name]
+
+    started = time.perf_counter()
+    status, report, why = _run_submission(raw, grader, timeout, memory_gb, forbidden, scratch, judges,
+                                          threads)
     result.seconds = time.perf_counter() - started
+    built = grader()
+    result.manual = list(built.manual)
+    result.possible = sum(built.points.values())
+    result.scores = {q: 0.0 for q in sorted(built.tests)}
     result.status = status
     if why:
         result.notes.append(why)

@@ -1,6 +1,6 @@
 """The judge: runs an assignment's tests OUTSIDE the student's process and decides the score.
 Started by batch.py for each submission, next to its sandbox (worker.py), as `judge.main()`
-(not `python -m`, so that tests importing `in_submission` from here share this module).
+(the judge server, judges.py, forks it with its libraries imported).
 
 The tests are otter's exception-based test files, public and hidden, exactly as the solution
 notebook defines them. Each test function's arguments are the student's names: here they are
@@ -21,8 +21,9 @@ What a test may do with the student's objects (say it to whoever writes tests):
   behave as in the student's notebook, and a result that *is* an argument is the test's object;
 - NOT share memory with them: a model the test builds and an optimizer the student's class makes
   live in different processes, and a result's autograd graph stays in the sandbox. Put such code
-  in a probe: `in_submission(function, *args)` runs the test's own function in the sandbox and
-  returns its plain-data result (and runs it right there in the student's notebook).
+  in a probe: `in_submission(function, *args)` from `course_utils.checks` runs the test's own
+  function in the sandbox and returns its plain-data result (and runs it right there in the
+  student's notebook).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ import sys
 import textwrap
 import types
 
+from .. import checks
+from ..checks import in_submission  # noqa: F401  (where tests written before course_utils.checks import it)
 from . import wire
 
 # the student's errors that a test may expect by name (pytest.raises(ValueError), ...)
@@ -258,19 +261,13 @@ class Remote:
         return f"<{lineage[0].rsplit('.', 1)[-1] if lineage else 'object'} in the submission>"
 
 
-_LINK: Link | None = None       # the sandbox this judge process serves, once judge() starts
-
-
-def in_submission(function, *args, **kwargs):
-    """Run `function`, a test's own, where the student's code is, and return its result: in the
-    grader, inside the sandbox (the result comes back as plain data); in the student's notebook,
-    right here. For what must share memory with the student's objects: an optimizer of theirs
-    stepping a model, a backward pass through their function. There `function` sees the
-    student's names as globals; it gets everything else through its arguments."""
-    if _LINK is None:
-        return function(*args, **kwargs)
-    source = textwrap.dedent(inspect.getsource(function))
-    return _LINK.call("run", args, kwargs, source=source, name=function.__name__)
+def _run_in_sandbox(link: Link):
+    """The judge's `in_submission`: the test's function goes to the sandbox as source code and
+    runs there; its result comes back as plain data."""
+    def run(function, args, kwargs):
+        source = textwrap.dedent(inspect.getsource(function))
+        return link.call("run", args, kwargs, source=source, name=function.__name__)
+    return run
 
 
 def load_tests(tests: dict[str, str]):
@@ -286,8 +283,7 @@ def load_tests(tests: dict[str, str]):
 
 
 def judge(tests: dict[str, str], points: dict[str, float], link: Link) -> dict:
-    global _LINK
-    _LINK = link
+    checks._RUNNER = _run_in_sandbox(link)
     files = load_tests(tests)
     wanted = sorted({p for f in files.values() for case in f.test_cases
                      for p in inspect.signature(case.body.test_func).parameters} - {"env"})
@@ -319,15 +315,3 @@ def judge(tests: dict[str, str], points: dict[str, float], link: Link) -> dict:
             if type(status.get("cell_errors")) is list else [],
             "blocked": [str(b)[:300] for b in status.get("blocked", [])][:20]
             if type(status.get("blocked")) is list else []}
-
-
-def main() -> None:
-    requests, replies = os.fdopen(int(sys.argv[-2]), "wb"), os.fdopen(int(sys.argv[-1]), "rb")
-    report = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)                      # what the tests print goes to stderr, not into the report
-    payload = json.loads(sys.stdin.read())
-    outcome = judge(payload["tests"], payload["points"], Link(requests, replies))
-    report.write(json.dumps(outcome) + "\n")
-    report.flush()
-
-

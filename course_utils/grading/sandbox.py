@@ -24,12 +24,12 @@ import threading
 import time
 from pathlib import Path
 
-from ..notebooks import REPO_ROOT
+from .assignments import REPO_ROOT
 
 MAX_FILE_BYTES = 20 * 2**20    # a submission cannot write (or print) more than this to one file
 SANDBOX_UID = 61000            # the user id submissions see inside the sandbox (in a user namespace)
 MAX_PROCESSES = 512            # threads included: a fork bomb stops here, where a pids cgroup can be made
-PIDS_CGROUP = Path("/sys/fs/cgroup/pids")   # cgroup v1 hierarchy; v2 systems use /sys/fs/cgroup itself
+CGROUP_ROOT = Path("/sys/fs/cgroup")      # v1: one hierarchy per controller below it; v2: itself
 _ISOLATION: str | None = None
 
 
@@ -96,11 +96,12 @@ def isolation_warning() -> str | None:
 
 def hidden_folders(forbidden: list[str], sandbox: Path) -> list[Path]:
     """The instructor's folders to blank out in the sandbox's view, except any that holds what
-    the worker itself must run (Python, the course package, the dataset) or the sandbox."""
+    the worker itself must run (Python, the course package, the dataset). A folder that holds the
+    sandbox is blanked out too (the grader's scratch folder, with the other submissions in it):
+    bwrap mounts the sandbox back into the blank after it."""
     from ..data import find_fashion_mnist
 
-    needed = [Path(sys.prefix).resolve(), Path(sys.executable).resolve(), Path(__file__).resolve().parents[1],
-              sandbox.resolve()]
+    needed = [Path(sys.prefix).resolve(), Path(sys.executable).resolve(), Path(__file__).resolve().parents[1]]
     dataset = find_fashion_mnist()
     if dataset:
         needed.append(Path(dataset).resolve())
@@ -117,43 +118,57 @@ def hidden_folders(forbidden: list[str], sandbox: Path) -> list[Path]:
     return hidden
 
 
-def process_cgroup(name: str) -> Path | None:
-    """A pids cgroup holding at most MAX_PROCESSES tasks, or None where none can be made."""
-    for root in (PIDS_CGROUP, Path("/sys/fs/cgroup")):
+def _cgroup(controller: str, name: str, settings: dict[str, str]) -> Path | None:
+    """A new cgroup with `settings` written into it, in the cgroup v1 hierarchy of `controller`
+    or else the v2 one, or None where none can be made (not root, no such controller)."""
+    for root in (CGROUP_ROOT / controller, CGROUP_ROOT):
         try:
-            if root == Path("/sys/fs/cgroup") and "pids" not in (root / "cgroup.controllers").read_text():
+            if root == CGROUP_ROOT and controller not in (root / "cgroup.controllers").read_text().split():
                 continue
             group = root / name
             group.mkdir()
-            (group / "pids.max").write_text(str(MAX_PROCESSES))
-            return group
         except OSError:
             continue
+        try:
+            for file, value in settings.items():
+                (group / file).write_text(value)
+            return group
+        except OSError:
+            group.rmdir()
     return None
 
 
-def kill_cgroup(group: Path | None) -> None:
-    """Kill whatever the submission left in its cgroup (a process that escaped its session), then
-    remove the cgroup."""
-    if group is None:
-        return
-    for _ in range(50):                         # killed processes leave the group as they exit
-        try:
-            left = [int(pid) for pid in (group / "cgroup.procs").read_text().split()]
-            if not left:
-                group.rmdir()
-                return
-            for pid in left:
-                os.kill(pid, signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.1)
+def submission_cgroups(name: str, memory_bytes: int) -> list[Path]:
+    """The cgroups one sandbox runs in, where they can be made (as root): a pids cgroup holding at
+    most MAX_PROCESSES tasks, and a memory cgroup capping the whole sandbox's memory (the
+    per-process address-space limit alone lets several processes each take that much)."""
+    groups = [_cgroup("pids", name, {"pids.max": str(MAX_PROCESSES)}),
+              _cgroup("memory", name, {"memory.limit_in_bytes": str(memory_bytes)})
+              or _cgroup("memory", name + "-v2", {"memory.max": str(memory_bytes), "memory.swap.max": "0"})]
+    return [group for group in groups if group is not None]
+
+
+def kill_cgroups(groups: list[Path]) -> None:
+    """Kill whatever the submission left in its cgroups (a process that escaped its session),
+    then remove them."""
+    for group in groups:
+        for _ in range(50):                     # killed processes leave the group as they exit
+            try:
+                left = [int(pid) for pid in (group / "cgroup.procs").read_text().split()]
+                if not left:
+                    group.rmdir()
+                    break
+                for pid in left:
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
 
 
 _LAUNCH = """
 import os, resource, signal, sys
-memory, files, cgroup, *command = sys.argv[1:]
-if cgroup:
+memory, files, cgroups, *command = sys.argv[1:]
+for cgroup in filter(None, cgroups.split(os.pathsep)):
     with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
         procs.write(str(os.getpid()))
 resource.setrlimit(resource.RLIMIT_AS, (int(memory), int(memory)))
@@ -164,34 +179,64 @@ os.execvp(command[0], command)
 """
 
 
-def limited(command: list[str], memory_bytes: int, cgroup: Path | None) -> list[str]:
-    """`command` run under the limits: joins the pids cgroup (every process it starts stays in
-    it), caps address space and file size, no core dumps, and a too-big write fails instead of
+def limited(command: list[str], memory_bytes: int, cgroups: list[Path]) -> list[str]:
+    """`command` run under the limits: joins the cgroups (every process it starts stays in
+    them), caps each process's address space and file size, no core dumps, and a too-big write fails instead of
     killing. A small launcher sets them and execs `command`; unlike Popen's preexec_fn it is safe
     when several submissions are started from several threads (--jobs)."""
     return [sys.executable, "-I", "-S", "-c", _LAUNCH, str(memory_bytes), str(MAX_FILE_BYTES),
-            str(cgroup or ""), *command]
+            os.pathsep.join(map(str, cgroups)), *command]
 
 
-_RUNNING: set = set()          # the sandboxes running now, stopped together on Ctrl-C
+_RUNNING: set = set()          # sandboxes and judges running now, stopped together on Ctrl-C
 _RUNNING_LOCK = threading.Lock()
+_STOPPING = threading.Event()
 
 
-def track(proc) -> None:
+class Stopping(RuntimeError):
+    """Grading is being interrupted: start nothing more."""
+
+
+def start(command: list[str], **popen_args) -> subprocess.Popen:
+    """Popen, registered for stop_running() in the same step: a sandbox started while Ctrl-C is
+    being handled is either killed with the others or never started."""
     with _RUNNING_LOCK:
+        if _STOPPING.is_set():
+            raise Stopping("grading was interrupted")
+        proc = subprocess.Popen(command, **popen_args)
         _RUNNING.add(proc)
+    return proc
 
 
-def untrack(proc) -> None:
+def track(running) -> None:
+    """Register a running judge (anything with the `pid` of its own process group)."""
     with _RUNNING_LOCK:
-        _RUNNING.discard(proc)
+        _RUNNING.add(running)
+        if _STOPPING.is_set():
+            _kill_group(running.pid)
+
+
+def untrack(running) -> None:
+    with _RUNNING_LOCK:
+        _RUNNING.discard(running)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def stop_running() -> None:
-    """Ctrl-C: kill every sandbox and judge running now, with whatever they started."""
+    """Ctrl-C: kill every sandbox and judge running now, with whatever they started, and start
+    no more until resume_starting()."""
     with _RUNNING_LOCK:
-        for proc in list(_RUNNING):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _STOPPING.set()
+        for running in list(_RUNNING):
+            _kill_group(running.pid)
+
+
+def resume_starting() -> None:
+    """A new batch may start sandboxes again (after an interrupted one, in the same process)."""
+    _STOPPING.clear()
