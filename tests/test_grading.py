@@ -7,6 +7,8 @@ import copy
 import csv
 import json
 import shutil
+import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from course_utils.grading import (EXERCISES_DIR, SOLUTIONS_DIR, GradingError, bu
 PID_NAMESPACE = isolation() == "namespaces"  # each submission in its own PID namespace (bubblewrap)
 SOLUTION = SOLUTIONS_DIR / "00_setup_and_tour.ipynb"
 TIMEOUT = 40  # seconds per submission in the hostile batch (the default is 10 minutes)
+ESCAPE_MARKER = f"course-escape-{uuid.uuid4().hex}"   # the process name of a submission's would-be escapee
 SOLUTION_TIMEOUT = 300  # a full solution trains models: CI's 2 cores took over 40 s for lesson 05's
 
 ANSWERS = {
@@ -173,6 +176,30 @@ try:
     os.killpg(os.getpgid(os.getppid()), signal.SIGKILL)
 except Exception as err:
     print(err)""")
+    if PID_NAMESPACE:  # below Python's audit hooks: only the OS sandbox stands in the way
+        notebooks["escapes_below_python"] = with_cell(with_cell(q1, f"""
+import os, _posixsubprocess
+read_end, write_end = os.pipe()         # a detached process started with no audit event at all
+arguments = ([b'/bin/bash', b'-c', b'exec -a {ESCAPE_MARKER} sleep 600'], [b'/bin/bash'], True, (write_end,),
+             None, None, -1, -1, -1, -1, -1, -1, read_end, write_end, True, True, -1, None, None, None, -1, None)
+try:
+    _posixsubprocess.fork_exec(*arguments, False)
+except TypeError:                       # the signature of Python versions without the vfork flag
+    _posixsubprocess.fork_exec(*arguments)"""), f"""
+import os
+folder = os.open({str(SOLUTIONS_DIR.parent)!r}, os.O_RDONLY)   # not the instructor's folder itself
+print(os.read(os.open('solutions/{SOLUTION.name}', os.O_RDONLY, dir_fd=folder), 200))""")
+        notebooks["looks_around"] = with_cell(q1, """
+import os
+here = os.getcwd()
+others = []                             # files of other submissions, the grader, the judge
+for top in (os.path.dirname(os.path.dirname(here)), '/tmp'):
+    for folder, _, files in os.walk(top):
+        if folder != here and not folder.startswith(here + os.sep):
+            others += [os.path.join(folder, name) for name in files]
+sockets = open('/proc/net/unix').read().splitlines()[1:]
+processes = [pid for pid in os.listdir('/proc') if pid.isdigit()]
+assert not others and not sockets and len(processes) < 6, (others, sockets, processes)""")
     notebooks["edited_checks"] = copy.deepcopy(q1)
     for question in notebooks["edited_checks"]["metadata"]["otter"]["tests"]:
         notebooks["edited_checks"]["metadata"]["otter"]["tests"][question] = "OK_FORMAT = False\nname = 'x'\npoints = 99\n"
@@ -311,6 +338,26 @@ def test_signalling_the_grader_or_every_process_is_refused(batch):
     assert row["status"] == "graded" and row["q1"] == "2" and row["provisional"] == "yes"
     assert "sending signal 9" in row["notes"]
     assert batch["rows"]["solution"]["total"] == "10"
+
+
+@pytest.mark.skipif(not PID_NAMESPACE, reason="needs each submission in its own namespaces (bubblewrap)")
+def test_what_python_cannot_see_the_os_sandbox_stops(batch):
+    """A process started with no audit event, detached into its own session, dies with the
+    sandbox; a file opened relative to a directory descriptor, which no path check sees, is not
+    there (the solutions folder is an empty tmpfs)."""
+    row = batch["rows"]["escapes_below_python"]
+    assert (row["status"], row["q1"], row["total"]) == ("graded", "2", "2"), row
+    errors = [note for note in row["notes"].split(" | ") if note.startswith("error in")]
+    assert len(errors) == 1 and "FileNotFoundError" in errors[0], errors   # the process did start
+    assert subprocess.run(["pgrep", "-f", ESCAPE_MARKER], capture_output=True).returncode == 1, \
+        "a process started by a submission outlived its grading"
+
+
+@pytest.mark.skipif(not PID_NAMESPACE, reason="needs each submission in its own namespaces (bubblewrap)")
+def test_a_submission_sees_no_other_submission_no_socket_and_no_grader(batch):
+    row = batch["rows"]["looks_around"]
+    assert (row["status"], row["q1"]) == ("graded", "2"), row
+    assert "AssertionError" not in row["notes"], row["notes"]
 
 
 def test_feedback_explains_each_question_without_revealing_hidden_tests(batch):
