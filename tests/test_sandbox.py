@@ -107,6 +107,33 @@ def cgroups_or_skip(controller):
     return groups
 
 
+def test_the_whole_sandbox_gets_at_most_its_share_of_the_cores():
+    """Two busy processes in a sandbox allowed one core: together they get about one core's time
+    (on an idle 2-core machine, about two without the cgroup)."""
+    groups = grading.submission_cgroups(f"course-test-{uuid.uuid4().hex[:8]}", 2 * 2**30, cpus=1)
+    if not any("cpu" in str(group) for group in groups):
+        grading.kill_cgroups(groups)
+        pytest.skip("no cpu cgroup can be made here (not root, or cgroups read-only)")
+    spin = """
+import os, time
+pid = os.fork()
+end = time.monotonic() + 1.5
+while time.monotonic() < end:
+    pass
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+print(sum(os.times()[:4]), flush=True)    # this process's and its child's CPU seconds
+"""
+    try:
+        done = subprocess.run(grading.limited([sys.executable, "-c", spin], 8 * 2**30, groups),
+                              capture_output=True, text=True, timeout=60)
+        cpu_seconds = float(done.stdout.split()[-1])
+    finally:
+        grading.kill_cgroups(groups)
+    assert cpu_seconds < 1.5 * 1.3, f"{cpu_seconds:.2f} CPU seconds in 1.5 s on one core"
+
+
 def test_a_fork_bomb_stops_at_the_process_limit(tmp_path):
     groups = cgroups_or_skip("pids")
     marker = f"course-bomb-{uuid.uuid4().hex}"

@@ -94,7 +94,8 @@ def _run_submission(submission_nb: bytes, grader, timeout: float, memory_gb: flo
         **({"COURSE_DATA_DIR": str(dataset)} if dataset else {}),
     })
     prefix = sandboxes.isolation_prefix(sandbox, sandboxes.hidden_folders(forbidden, sandbox))
-    cgroups = sandboxes.submission_cgroups(f"course-grade-{os.getpid()}-{sandbox.name}", int(memory_gb * 2**30))
+    cgroups = sandboxes.submission_cgroups(f"course-grade-{os.getpid()}-{sandbox.name}", int(memory_gb * 2**30),
+                                           cpus=threads)
     command = sandboxes.limited(prefix + [sys.executable, "-m", "course_utils.grading.worker",
                                           str(sandbox), str(notebook), *forbidden],
                                 int(memory_gb * 2**30), cgroups)

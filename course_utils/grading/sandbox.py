@@ -2,9 +2,11 @@
 
 - On Linux with bubblewrap, its own PID, mount, network, IPC, UTS and user namespaces (`bwrap`):
   a read-only system with the instructor's folders blanked out, no network, no view of (so no
-  signal to) any outside process, and nothing left running once it ends; as root, also a pids
-  cgroup (a fork bomb stops at MAX_PROCESSES). Without bubblewrap, only a network namespace
-  (`unshare -n`) or nothing, and a loud warning (`isolation_warning`).
+  signal to) any outside process, and nothing left running once it ends. Without bubblewrap,
+  only a network namespace (`unshare -n`) or nothing, and a loud warning (`isolation_warning`).
+- As root, cgroups for the whole sandbox (`submission_cgroups`): at most MAX_PROCESSES tasks (a
+  fork bomb stops there), the memory limit, and its share of the cores (cores / jobs); whatever
+  is left in them when it ends is killed.
 - In every case: a wall-clock limit (batch.py kills the whole process group), an address-space
   limit per process and a file-size limit (`limited`), and the worker's Python audit hooks.
 
@@ -138,13 +140,19 @@ def _cgroup(controller: str, name: str, settings: dict[str, str]) -> Path | None
     return None
 
 
-def submission_cgroups(name: str, memory_bytes: int) -> list[Path]:
+def submission_cgroups(name: str, memory_bytes: int, cpus: int = 0) -> list[Path]:
     """The cgroups one sandbox runs in, where they can be made (as root): a pids cgroup holding at
-    most MAX_PROCESSES tasks, and a memory cgroup capping the whole sandbox's memory (the
-    per-process address-space limit alone lets several processes each take that much)."""
+    most MAX_PROCESSES tasks; a memory cgroup capping the whole sandbox's memory (the
+    per-process address-space limit alone lets several processes each take that much); and, with
+    `cpus`, a cpu cgroup that lets the whole sandbox use at most that many cores, so that a
+    submission running threads on every core cannot slow the others graded beside it."""
+    period = 100_000
     groups = [_cgroup("pids", name, {"pids.max": str(MAX_PROCESSES)}),
               _cgroup("memory", name, {"memory.limit_in_bytes": str(memory_bytes)})
               or _cgroup("memory", name + "-v2", {"memory.max": str(memory_bytes), "memory.swap.max": "0"})]
+    if cpus:
+        groups.append(_cgroup("cpu", name, {"cpu.cfs_period_us": str(period), "cpu.cfs_quota_us": str(cpus * period)})
+                      or _cgroup("cpu", name + "-v2", {"cpu.max": f"{cpus * period} {period}"}))
     return [group for group in groups if group is not None]
 
 
