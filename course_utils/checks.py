@@ -6,6 +6,10 @@ in), and a few of them need to run a step right next to your objects: your optim
 model, a backward pass through your function. They wrap that step in a function and call
 `in_submission(step, ...)`. In your own notebook that simply calls `step(...)`; in the grader it
 runs inside the sandbox and sends back only plain data (numbers, tensors, containers).
+
+`is_stand_in` tells a check whether an object of yours stayed in the sandbox (a model of your own
+class): checks that score a model ask for one built from PyTorch's layers, which the grader
+rebuilds and runs itself.
 """
 
 from __future__ import annotations
@@ -18,3 +22,14 @@ def in_submission(function, *args, **kwargs):
     if _RUNNER is None:
         return function(*args, **kwargs)
     return _RUNNER(function, args, kwargs)
+
+
+_STAND_IN = None  # set by the judge: the class of its stand-ins for objects left in the sandbox
+
+
+def is_stand_in(obj) -> bool:
+    """In the grader: whether `obj` stayed in the sandbox (a model of the student's own class, say),
+    so that what it computes would be the submission's word, not a measurement. A model built
+    only from PyTorch's own layers comes to the grader by value instead, and is run there.
+    In a notebook: always False."""
+    return _STAND_IN is not None and type(obj) is _STAND_IN

@@ -93,23 +93,24 @@ def _deterministic_ids(nb: dict, prefix: str) -> dict:
 _BUILT: dict[tuple, Autograder] = {}   # (path, content, run_tests) -> what otter assign made of it
 
 
-def build_autograder(solution: Path, run_tests: bool = False) -> Autograder:
-    """Run `otter assign` on a solution notebook in a scratch folder and collect what it makes
-    (once per content of the notebook in this process: a batch, a release and the tests reuse it)."""
+def build_autograder(solution: Path, run_tests: bool = False, workdir: Path | None = None) -> Autograder:
+    """Run `otter assign` on a solution notebook in a scratch folder (inside `workdir` if given:
+    the grader passes its own, which no sandbox can see) and collect what it makes (once per
+    content of the notebook in this process: a batch, a release and the tests reuse it)."""
     solution = Path(solution).resolve()
     key = (str(solution), hashlib.sha256(solution.read_bytes()).hexdigest(), run_tests)
     if key not in _BUILT:
-        _BUILT[key] = _build_autograder(solution, run_tests)
+        _BUILT[key] = _build_autograder(solution, run_tests, workdir)
     return copy.deepcopy(_BUILT[key])
 
 
-def _build_autograder(solution: Path, run_tests: bool) -> Autograder:
+def _build_autograder(solution: Path, run_tests: bool, workdir: Path | None) -> Autograder:
     solution_nb = json.loads(solution.read_text(encoding="utf-8"))
     name = assignment_name(solution_nb, solution)
     problems = misplaced_delimiters(solution_nb)
     if problems:
         raise GradingError(f"{solution.name}: " + "; ".join(problems))
-    with tempfile.TemporaryDirectory(prefix="course-assign-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="course-assign-", dir=workdir) as tmp:
         out = Path(tmp) / "dist"
         command = [sys.executable, "-m", "otter", "assign", str(solution), str(out)]
         if not run_tests:

@@ -73,11 +73,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def _run_submission(submission_nb: bytes, grader, timeout: float, memory_gb: float,
                     forbidden: list[str], scratch: Path, judges: JudgeServer,
-                    threads: int) -> tuple[str, dict | None, str]:
+                    threads: int) -> tuple[str, dict | None, str, str]:
     """Run one submission in its sandbox, judged by a judge forked for it, both under one
     wall-clock limit (which starts once `grader()` has the assignment's tests: the sandbox may
     start while they are still being built). Returns (status, the judge's report or None,
-    explanation)."""
+    explanation, the judge's log where it gave no report)."""
     from ..cpu_threads import calm_openmp_spinning
     from ..data import find_fashion_mnist
 
@@ -96,9 +96,13 @@ def _run_submission(submission_nb: bytes, grader, timeout: float, memory_gb: flo
     prefix = sandboxes.isolation_prefix(sandbox, sandboxes.hidden_folders(forbidden, sandbox))
     cgroups = sandboxes.submission_cgroups(f"course-grade-{os.getpid()}-{sandbox.name}", int(memory_gb * 2**30),
                                            cpus=threads)
+    user = sandboxes.unprivileged_user()       # without namespaces, as root: a user of its own
+    if user is not None:
+        for path in [sandbox, *sandbox.rglob("*")]:
+            os.chown(path, user, user)
     command = sandboxes.limited(prefix + [sys.executable, "-m", "course_utils.grading.worker",
                                           str(sandbox), str(notebook), *forbidden],
-                                int(memory_gb * 2**30), cgroups)
+                                int(memory_gb * 2**30), cgroups, user)
     timed_out = threading.Event()
     running: list = []              # the sandbox's process, then the judge's
 
@@ -109,42 +113,48 @@ def _run_submission(submission_nb: bytes, grader, timeout: float, memory_gb: flo
 
     report = None
     judge_log = scratch / f"judge-{sandbox.name}.txt"
-    with open(scratch / f"stderr-{sandbox.name}.txt", "wb") as stderr, open(judge_log, "wb") as log:
-        student = sandboxes.start(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=stderr, cwd=sandbox, env=env, start_new_session=True)
-        running.append(student)
-        timer = threading.Timer(timeout, kill_all)
-        judge = None
-        try:
-            tests = grader()
-            timer.start()
-            judge = judges.start(student.stdin.fileno(), student.stdout.fileno(), log.fileno(),
-                                 tests.tests, tests.points, int(memory_gb * 2**30), threads)
-            running.append(judge)
-            sandboxes.track(judge)
-            student.stdin.close()          # the judge holds the only ends now: when either side
-            student.stdout.close()         # ends, the other reads end-of-file and cannot hang
-            report = judge.report(MAX_REPORT_BYTES)
+    private = {"opener": lambda path, flags: os.open(path, flags, 0o600)}   # the grader's alone
+    try:
+        with open(scratch / f"stderr-{sandbox.name}.txt", "wb", **private) as stderr, \
+                open(judge_log, "wb", **private) as log:
+            student = sandboxes.start(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=stderr, cwd=sandbox, env=env, start_new_session=True)
+            running.append(student)
+            timer = threading.Timer(timeout, kill_all)
+            judge = None
             try:
-                student.wait(timeout=10)   # it leaves when the judge says goodbye
-            except subprocess.TimeoutExpired:
-                pass
-        finally:
-            timer.cancel()
-            if judge is not None:
-                judge.close()
-                sandboxes.untrack(judge)
-            if student.poll() is None:
-                _kill_group(student)
-                student.wait()
-            sandboxes.untrack(student)
-            sandboxes.kill_cgroups(cgroups)
-    shutil.rmtree(sandbox, ignore_errors=True)
-    if timed_out.is_set():
-        return "timeout", None, f"stopped after the time limit of {timeout:g} s (an endless loop?)"
-    if report is None:
-        tail = judge_log.read_text(errors="replace")[-1500:]
-        return "error", None, f"the judge gave no report (a bug in the tests or the grader):\n{tail}"
+                tests = grader()
+                timer.start()
+                judge = judges.start(student.stdin.fileno(), student.stdout.fileno(), log.fileno(),
+                                     tests.tests, tests.points, int(memory_gb * 2**30), threads)
+                running.append(judge)
+                sandboxes.track(judge)
+                student.stdin.close()          # the judge holds the only ends now: when either side
+                student.stdout.close()         # ends, the other reads end-of-file and cannot hang
+                report = judge.report(MAX_REPORT_BYTES)
+                try:
+                    student.wait(timeout=10)   # it leaves when the judge says goodbye
+                except subprocess.TimeoutExpired:
+                    pass
+            finally:
+                timer.cancel()
+                if judge is not None:
+                    judge.close()
+                    sandboxes.untrack(judge)
+                if student.poll() is None:
+                    _kill_group(student)
+                    student.wait()
+                sandboxes.untrack(student)
+    finally:
+        sandboxes.kill_cgroups(cgroups)
+        if user is not None:
+            sandboxes.kill_user_processes(user)
+        shutil.rmtree(sandbox, ignore_errors=True)
+    if timed_out.is_set() and (report is None or report.get("broken")):
+        return "timeout", None, f"stopped after the time limit of {timeout:g} s (an endless loop?)", ""
+    if report is None:       # the log may quote hidden tests: for the instructor (results.json), not the feedback
+        return ("error", None, "the judge gave no report (a bug in the tests or the grader: its log is in "
+                "results.json)", judge_log.read_text(errors="replace")[-3000:])
     if report.get("broken"):
         tail = (scratch / f"stderr-{sandbox.name}.txt").read_text(errors="replace")[-800:]
         why = report["broken"]
@@ -153,8 +163,8 @@ def _run_submission(submission_nb: bytes, grader, timeout: float, memory_gb: flo
             why += " (probably the memory limit)" if student.returncode == -signal.SIGKILL else ""
         if "MemoryError" in tail or "Cannot allocate memory" in tail:
             why += f"; it ran out of memory (limit {memory_gb:g} GiB)"
-        return "error", report, why + (f"\n{tail}" if tail.strip() else "")
-    return "graded", report, ""
+        return "error", report, why + (f"\n{tail}" if tail.strip() else ""), ""
+    return "graded", report, "", ""
 
 
 def _student_names(paths: list[Path]) -> list[str]:
@@ -219,6 +229,7 @@ def grade(submissions, output_dir="grades", timeout: float = DEFAULT_TIMEOUT,
     if jobs is not None and jobs < 1:
         raise GradingError(f"--jobs {jobs}: give 1 or more submissions to grade at once.")
     output = Path(output_dir).resolve()
+    output.mkdir(parents=True, exist_ok=True)   # now, so that every sandbox's view hides it
     graders: dict[str, Autograder] = dict(autograders or {})
     by_name: dict[str, Path] = {}      # assignment name -> its solution notebook (or built autograder's file)
     if autograders is None:
@@ -274,6 +285,8 @@ def grade(submissions, output_dir="grades", timeout: float = DEFAULT_TIMEOUT,
     with tempfile.TemporaryDirectory(prefix="course-grade-") as scratch_dir:
         scratch = Path(scratch_dir)
         (scratch / "sandboxes").mkdir()
+        for folder in (scratch, scratch / "sandboxes"):   # a sandbox's user may pass, not list
+            folder.chmod(0o711)
         forbidden.append(str(scratch))
         judges = JudgeServer(scratch)
         threading.Thread(target=judges.warm_up, daemon=True).start()   # its imports overlap the first sandboxes'
@@ -328,13 +341,15 @@ def _grade_one(result, path, assignment, by_name, graders, build_lock, timeout, 
         already started run the students' cells (they need no tests)."""
         with build_lock:
             if name not in graders:
-                graders[name] = build_autograder(by_name[name])
+                graders[name] = build_autograder(by_name[name], workdir=scratch)
         return graders[name]
 
     started = time.perf_counter()
-    status, report, why = _run_submission(raw, grader, timeout, memory_gb, forbidden, scratch, judges,
-                                          threads)
+    status, report, why, judge_log = _run_submission(raw, grader, timeout, memory_gb, forbidden, scratch,
+                                                     judges, threads)
     result.seconds = time.perf_counter() - started
+    if judge_log:
+        result.details["judge_log"] = judge_log
     built = grader()
     result.manual = list(built.manual)
     result.possible = sum(built.points.values())

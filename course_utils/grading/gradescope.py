@@ -12,8 +12,11 @@ The zip holds:
 `run()` grades the one notebook in /autograder/submission and writes
 /autograder/results/results.json (atomically) in Gradescope's format: a score, one entry per
 question, and the student's feedback as Markdown. Where the container cannot make namespaces
-(Docker without user namespaces), the feedback and the log say so; the score is still decided by
-the judge outside the submission's process.
+(Docker's default seccomp profile refuses them), the grader's log says so (Gradescope shows it to
+instructors only), and the sandbox falls back to a user id of its own: /autograder/source and
+/autograder/results are readable by root alone, so a process that slipped past the audit hooks
+can neither read the tests nor write the results, and every process of that user is killed when
+grading ends. The score is decided by the judge, outside the submission's process, either way.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ def build_gradescope_zip(assignment: str, output: Path, solutions: Path = SOLUTI
     return target
 
 
-def results_json(result, warning: str | None) -> dict:
+def results_json(result) -> dict:
     """A GradeResult in Gradescope's results.json format."""
     from .batch import feedback_text
 
@@ -121,12 +124,10 @@ def results_json(result, warning: str | None) -> dict:
         tests.append({"name": question, "score": float(outcome["score"]), "max_score": float(outcome["possible"]),
                       "output": "\n".join(lines), "visibility": "visible"})
     if not tests:     # not graded at all (invalid notebook, time limit, broken sandbox)
-        tests = [{"name": question, "score": 0.0, "max_score": 0.0, "output": "", "visibility": "visible"}
-                 for question in result.scores]
-    output = feedback_text(result)
-    if warning:
-        output = f"**Note for the instructor:** {warning}\n\n" + output
-    return {"score": result.total, "output": output, "output_format": "md", "tests": tests,
+        points = result.details.get("points", {})
+        tests = [{"name": question, "score": 0.0, "max_score": float(points.get(question, 0.0)), "output": "",
+                  "visibility": "visible"} for question in result.scores]
+    return {"score": result.total, "output": feedback_text(result), "output_format": "md", "tests": tests,
             "stdout_visibility": "hidden"}
 
 
@@ -134,7 +135,6 @@ def run(root: Path, timeout: float = 600, memory_gb: float = 8, echo=print) -> d
     """Grade the notebook in ROOT/submission with ROOT/source/assignment.json; write and return
     ROOT/results/results.json."""
     from .batch import GradeResult, grade
-    from .sandbox import isolation_warning
 
     root = Path(root).resolve()
     spec = json.loads((root / "source" / "assignment.json").read_text(encoding="utf-8"))
@@ -142,7 +142,10 @@ def run(root: Path, timeout: float = 600, memory_gb: float = 8, echo=print) -> d
                         filled_notebook={}, tests=spec["tests"], points=spec["points"], manual=spec["manual"])
     notebooks = sorted((root / "submission").rglob("*.ipynb"))
     notebooks = [p for p in notebooks if ".ipynb_checkpoints" not in p.parts]
-    warning = isolation_warning()
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        for private in (root / "source", root / "results"):   # a sandbox's own user cannot read them
+            private.mkdir(parents=True, exist_ok=True)
+            private.chmod(0o700)
     if len(notebooks) == 1:
         with tempfile.TemporaryDirectory(prefix="gradescope-") as scratch:
             [result] = grade(notebooks, Path(scratch) / "grades", timeout=timeout, memory_gb=memory_gb,
@@ -154,7 +157,8 @@ def run(root: Path, timeout: float = 600, memory_gb: float = 8, echo=print) -> d
                              status="invalid", possible=sum(grader.points.values()),
                              scores={q: 0.0 for q in sorted(grader.tests)},
                              notes=[f"hand in exactly one .ipynb file (found: {found})"])
-    results = results_json(result, warning)
+    result.details.setdefault("points", grader.points)
+    results = results_json(result)
     write_text_atomic(root / "results" / "results.json", json.dumps(results, indent=1))
     return results
 

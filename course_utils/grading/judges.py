@@ -28,6 +28,7 @@ import traceback
 from pathlib import Path
 
 from . import wire
+from .sandbox import MAX_FILE_BYTES
 
 # What judges import, once for all of them: tests use PyTorch, NumPy, course_utils (whose synthetic
 # sets import scikit-learn on first use), and PyTorch loads torch.distributed.tensor lazily
@@ -78,6 +79,9 @@ def _run_judge(connection: socket.socket, to_student: int, from_student: int, lo
         request = wire.receive(stream)
         memory = int(request["memory_bytes"])
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a too-big write fails, it does not kill
         import torch
 
         from . import judge
@@ -126,7 +130,9 @@ class JudgeServer:
         self.control = mine
         ready = threading.Timer(START_TIMEOUT, self.process.kill)
         ready.start()
-        line = self.process.stdout.readline()
+        line = b"starting"
+        while line and line.strip() != b"ready":      # (a library may print something first)
+            line = self.process.stdout.readline()
         ready.cancel()
         if line.strip() != b"ready":
             raise RuntimeError(f"the judge server did not start:\n{log_path.read_text(errors='replace')[-1500:]}")
@@ -172,7 +178,7 @@ class JudgeServer:
         if self.process is not None and self.process.poll() is None:
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):
                 pass
             self.process.wait()
 

@@ -100,7 +100,13 @@ def _student_readme(readme: str) -> str:
 def _student_pyproject(text: str) -> str:
     text = re.sub(r'(?m)^packages = \[.*\]$', 'packages = ["course_utils"]', text)
     text = re.sub(r"(?ms)^\[project\.optional-dependencies\].*?(?=^\[)", "", text)
-    return re.sub(r"(?ms)^\[tool\.pytest\.ini_options\].*", "", text).rstrip() + "\n"
+    return re.sub(r"(?ms)^\[tool\.pytest\.ini_options\].*?(?=^\[|\Z)", "", text).rstrip() + "\n"
+
+
+def _student_environment(text: str) -> str:
+    """environment.yml without the test tools (students get no tests)."""
+    return text.split("      # tests\n")[0].replace("(tests/test_packaging.py checks that they agree)",
+                                                    "(the instructor's tests keep them in step)")
 
 
 def public_lines(solution_nb: dict) -> set[str]:
@@ -126,10 +132,14 @@ def secrets(solutions: Path = SOLUTIONS_DIR) -> dict[str, list[str]]:
     notebooks = {path.name: json.loads(path.read_text(encoding="utf-8")) for path in solution_notebooks(solutions)}
     known = set()
     for path in [*(REPO_ROOT / "notebooks").glob("*.ipynb"), *(REPO_ROOT / "course_utils").glob("*.py"),
-                 REPO_ROOT / "README.md", *EXERCISES_DIR.glob("*.ipynb")]:
-        known |= _lines(path)           # (an exercise's public tests as otter wrote them)
+                 REPO_ROOT / "README.md"]:
+        known |= _lines(path)
     for nb in notebooks.values():
         known |= public_lines(nb)
+    for path in EXERCISES_DIR.glob("*.ipynb"):    # the public tests as otter rewrote them, not the cells
+        tests = json.loads(path.read_text(encoding="utf-8")).get("metadata", {}).get("otter", {}).get("tests", {})
+        known.update(line.strip() for test in tests.values() for line in str(test).splitlines()
+                     if "hidden=True" not in str(test))
     found = {}
     for name, nb in notebooks.items():
         hidden = set()
@@ -201,6 +211,8 @@ def release(output: Path, check: bool = True, echo=print) -> Path:
         readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
         write_text_atomic(staging / "README.md", _student_readme(readme))
         write_text_atomic(staging / "Makefile", STUDENT_MAKEFILE)
+        write_text_atomic(staging / "environment.yml",
+                          _student_environment((REPO_ROOT / "environment.yml").read_text(encoding="utf-8")))
         write_text_atomic(staging / "pyproject.toml",
                           _student_pyproject((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")))
         echo("searching the student edition for answers and hidden tests ...", flush=True)

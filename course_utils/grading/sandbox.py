@@ -16,6 +16,8 @@ from harming the machine, the grader, the instructor's files and the other submi
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import shutil
 import signal
@@ -91,8 +93,13 @@ def isolation_warning() -> str | None:
     if kind == "namespaces":
         return None
     weaker = {"network only": "only a network namespace (unshare -n)", "none": "no namespaces at all"}[kind]
-    return (f"WARNING: bubblewrap cannot run here, so submissions get {weaker}: they run as this user, "
-            "see the same processes and files, and are held back only by Python audit hooks. "
+    if unprivileged_user() is not None:
+        who = ("they run as a user of their own (so the file system's permissions hold), see the same "
+               "processes and files as that user, and are otherwise held back only by Python audit hooks")
+    else:
+        who = ("they run as this user, see the same processes and files, and are held back only by "
+               "Python audit hooks")
+    return (f"WARNING: bubblewrap cannot run here, so submissions get {weaker}: {who}. "
             "Install it (Debian/Ubuntu: apt-get install bubblewrap) and grade on Linux for the full sandbox.")
 
 
@@ -120,39 +127,50 @@ def hidden_folders(forbidden: list[str], sandbox: Path) -> list[Path]:
     return hidden
 
 
-def _cgroup(controller: str, name: str, settings: dict[str, str]) -> Path | None:
-    """A new cgroup with `settings` written into it, in the cgroup v1 hierarchy of `controller`
-    or else the v2 one, or None where none can be made (not root, no such controller)."""
-    for root in (CGROUP_ROOT / controller, CGROUP_ROOT):
-        try:
-            if root == CGROUP_ROOT and controller not in (root / "cgroup.controllers").read_text().split():
+def _make_cgroup(root: Path, name: str, settings: dict[str, str], optional=()) -> Path | None:
+    """A new cgroup below `root` with `settings` written into it (and those of `optional` whose
+    file exists), or None where it cannot be made (not root, no such controller)."""
+    group = root / name
+    try:
+        group.mkdir()
+    except OSError:
+        return None
+    try:
+        for file, value in settings.items():
+            if file in optional and not (group / file).exists():
                 continue
-            group = root / name
-            group.mkdir()
-        except OSError:
-            continue
-        try:
-            for file, value in settings.items():
-                (group / file).write_text(value)
-            return group
-        except OSError:
-            group.rmdir()
-    return None
+            (group / file).write_text(value)
+        return group
+    except OSError:
+        group.rmdir()
+        return None
 
 
 def submission_cgroups(name: str, memory_bytes: int, cpus: int = 0) -> list[Path]:
-    """The cgroups one sandbox runs in, where they can be made (as root): a pids cgroup holding at
-    most MAX_PROCESSES tasks; a memory cgroup capping the whole sandbox's memory (the
-    per-process address-space limit alone lets several processes each take that much); and, with
-    `cpus`, a cpu cgroup that lets the whole sandbox use at most that many cores, so that a
-    submission running threads on every core cannot slow the others graded beside it."""
+    """The cgroups one sandbox runs in, where they can be made (as root): at most MAX_PROCESSES
+    tasks; a memory limit for the whole sandbox (the per-process address-space limit alone lets
+    several processes each take that much), swap included; and, with `cpus`, at most that many
+    cores, so that a submission running threads on every core cannot slow the others graded
+    beside it. cgroup v1 has a hierarchy per controller; v2 has one group with all of them."""
     period = 100_000
-    groups = [_cgroup("pids", name, {"pids.max": str(MAX_PROCESSES)}),
-              _cgroup("memory", name, {"memory.limit_in_bytes": str(memory_bytes)})
-              or _cgroup("memory", name + "-v2", {"memory.max": str(memory_bytes), "memory.swap.max": "0"})]
+    if (CGROUP_ROOT / "cgroup.controllers").exists():               # v2
+        for controller in ("pids", "memory", "cpu"):
+            try:
+                (CGROUP_ROOT / "cgroup.subtree_control").write_text(f"+{controller}")
+            except OSError:
+                pass
+        settings = {"pids.max": str(MAX_PROCESSES), "memory.max": str(memory_bytes), "memory.swap.max": "0"}
+        if cpus:
+            settings["cpu.max"] = f"{cpus * period} {period}"
+        group = _make_cgroup(CGROUP_ROOT, name, settings, optional=("memory.swap.max",))
+        return [group] if group is not None else []
+    groups = [_make_cgroup(CGROUP_ROOT / "pids", name, {"pids.max": str(MAX_PROCESSES)}),
+              _make_cgroup(CGROUP_ROOT / "memory", name, {"memory.limit_in_bytes": str(memory_bytes),
+                                                         "memory.memsw.limit_in_bytes": str(memory_bytes)},
+                           optional=("memory.memsw.limit_in_bytes",))]
     if cpus:
-        groups.append(_cgroup("cpu", name, {"cpu.cfs_period_us": str(period), "cpu.cfs_quota_us": str(cpus * period)})
-                      or _cgroup("cpu", name + "-v2", {"cpu.max": f"{cpus * period} {period}"}))
+        groups.append(_make_cgroup(CGROUP_ROOT / "cpu", name, {"cpu.cfs_period_us": str(period),
+                                                               "cpu.cfs_quota_us": str(cpus * period)}))
     return [group for group in groups if group is not None]
 
 
@@ -175,7 +193,7 @@ def kill_cgroups(groups: list[Path]) -> None:
 
 _LAUNCH = """
 import os, resource, signal, sys
-memory, files, cgroups, *command = sys.argv[1:]
+memory, files, processes, cgroups, user, *command = sys.argv[1:]
 for cgroup in filter(None, cgroups.split(os.pathsep)):
     with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
         procs.write(str(os.getpid()))
@@ -183,17 +201,60 @@ resource.setrlimit(resource.RLIMIT_AS, (int(memory), int(memory)))
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(files), int(files)))
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+if user:
+    resource.setrlimit(resource.RLIMIT_NPROC, (int(processes), int(processes)))
+    os.setgroups([])
+    os.setgid(int(user))
+    os.setuid(int(user))
 os.execvp(command[0], command)
 """
 
 
-def limited(command: list[str], memory_bytes: int, cgroups: list[Path]) -> list[str]:
+def limited(command: list[str], memory_bytes: int, cgroups: list[Path], user: int | None = None) -> list[str]:
     """`command` run under the limits: joins the cgroups (every process it starts stays in
-    them), caps each process's address space and file size, no core dumps, and a too-big write fails instead of
-    killing. A small launcher sets them and execs `command`; unlike Popen's preexec_fn it is safe
-    when several submissions are started from several threads (--jobs)."""
-    return [sys.executable, "-I", "-S", "-c", _LAUNCH, str(memory_bytes), str(MAX_FILE_BYTES),
-            os.pathsep.join(map(str, cgroups)), *command]
+    them), caps each process's address space and file size, no core dumps, and a too-big write
+    fails instead of killing; with `user` (the grader runs as root), it also drops to that user
+    id, with at most MAX_PROCESSES processes. A small launcher sets them and execs `command`;
+    unlike Popen's preexec_fn it is safe when several submissions are started from several
+    threads (--jobs)."""
+    return [sys.executable, "-I", "-S", "-c", _LAUNCH, str(memory_bytes), str(MAX_FILE_BYTES), str(MAX_PROCESSES),
+            os.pathsep.join(map(str, cgroups)), "" if user is None else str(user), *command]
+
+
+_USERS = itertools.count()
+
+
+def unprivileged_user() -> int | None:
+    """The user id a sandbox runs as where bubblewrap cannot run but the grader is root (a
+    Docker container, say): one of SANDBOX_UID + 1 ... + 999, a new one for each submission and
+    owning nothing, so the file system's permissions stop what the audit hooks miss and no
+    submission can signal or read another. None elsewhere (bubblewrap maps its own user)."""
+    if isolation() == "namespaces" or not hasattr(os, "geteuid") or os.geteuid() != 0 or not _user_can_run():
+        return None
+    return SANDBOX_UID + 1 + next(_USERS) % 999
+
+
+@functools.lru_cache(maxsize=None)
+def _user_can_run() -> bool:
+    """Whether an unprivileged user can run this Python and import the course package (not where
+    they live in a folder only root may enter, such as /root)."""
+    probe = limited([sys.executable, "-c", "import course_utils.grading.worker"], 8 * 2**30, [], SANDBOX_UID)
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=120, cwd="/").returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def kill_user_processes(user: int) -> None:
+    """Kill every process of `user` (a sandbox's detached leftovers, where no PID namespace
+    ends them)."""
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            uid = next(line.split()[1] for line in status.read_text().splitlines() if line.startswith("Uid:"))
+            if int(uid) == user:
+                os.kill(int(status.parent.name), signal.SIGKILL)
+        except (OSError, StopIteration, ValueError):
+            continue
 
 
 _RUNNING: set = set()          # sandboxes and judges running now, stopped together on Ctrl-C
