@@ -31,6 +31,7 @@ def autograder(tmp_path_factory):
     outside = Path("/var/tmp") if os.access("/var/tmp", os.W_OK) else REPO_ROOT / "build"
     outside.mkdir(exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="autograder-", dir=outside))
+    root.chmod(0o755)                     # as /autograder: what guards source/ is the grader, not this folder
     with zipfile.ZipFile(archive) as zf:
         zf.extractall(root / "source")
         for info in zf.infolist():        # extractall drops the modes that Gradescope keeps

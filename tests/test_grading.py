@@ -190,8 +190,15 @@ try:
 except TypeError:                       # the signature of Python versions without the vfork flag
     escaped = _posixsubprocess.fork_exec(*arguments)
 import time
-time.sleep(0.5)
-assert open(f'/proc/{{escaped}}/cmdline').read().startswith('{ESCAPE_MARKER}'), 'it did not start'"""), f"""
+for _ in range(100):                    # until the detached process runs under its own name
+    try:
+        if open(f'/proc/{{escaped}}/cmdline').read().startswith('{ESCAPE_MARKER}'):
+            break
+    except OSError:
+        pass
+    time.sleep(0.05)
+else:
+    raise AssertionError('it did not start')"""), f"""
 import os
 folder = os.open({str(SOLUTIONS_DIR.parent)!r}, os.O_RDONLY)   # not the instructor's folder itself
 print(os.read(os.open('solutions/{SOLUTION.name}', os.O_RDONLY, dir_fd=folder), 200))""")
@@ -539,21 +546,27 @@ def test_an_interrupted_batch_resumes_where_it_stopped(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="the fallback drops to a user of its own only as root")
-def test_without_namespaces_a_sandbox_runs_as_a_user_of_its_own(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["none", "network only"])
+def test_without_namespaces_a_sandbox_runs_as_a_user_of_its_own(kind, tmp_path, monkeypatch):
     """Where bubblewrap cannot run (a Docker container, as on Gradescope) and the grader is root,
     the sandbox drops to a user id of its own: a file only root may read stays unread even by
     code that slips past the audit hooks (a read relative to a directory descriptor), and a
-    process it detaches below them dies when grading ends."""
-    monkeypatch.setattr(sandbox_module, "_ISOLATION", "none")
+    process it detaches below them dies when grading ends, even with no cgroup to kill it."""
+    monkeypatch.setattr(sandbox_module, "_ISOLATION", kind)
     if sandbox_module.unprivileged_user() is None:
         pytest.skip(f"an unprivileged user cannot run {sys.executable} here (it lies in a folder only root may enter)")
-    secret = tmp_path / "private" / "answers.txt"
-    secret.parent.mkdir()
-    secret.write_text("the hidden tests")
-    secret.parent.chmod(0o700)
-    marker = f"course-fallback-{uuid.uuid4().hex}"
-    nb = with_cell(answered(q1=ANSWERS["q1"]), f"""
-import os, _posixsubprocess
+    monkeypatch.setattr(sandbox_module, "submission_cgroups", lambda *args, **kwargs: [])
+    import tempfile
+    outside = Path(tempfile.mkdtemp(prefix="course-fallback-", dir="/var/tmp" if os.access("/var/tmp", os.W_OK) else None))
+    try:
+        outside.chmod(0o755)                      # anyone may enter; only root may enter private/
+        secret = outside / "private" / "answers.txt"
+        secret.parent.mkdir()
+        secret.write_text("the hidden tests")
+        secret.parent.chmod(0o700)
+        marker = f"course-fallback-{uuid.uuid4().hex}"
+        nb = with_cell(answered(q1=ANSWERS["q1"]), f"""
+import os, time, _posixsubprocess
 read_end, write_end = os.pipe()
 arguments = ([b'/bin/bash', b'-c', b'exec -a {marker} sleep 600'], [b'/bin/bash'], True, (write_end,),
              None, None, -1, -1, -1, -1, -1, -1, read_end, write_end, True, True, -1, None, None, None, -1, None)
@@ -561,17 +574,25 @@ try:
     escaped = _posixsubprocess.fork_exec(*arguments, False)
 except TypeError:
     escaped = _posixsubprocess.fork_exec(*arguments)
-import time
-time.sleep(0.5)
-assert open(f'/proc/{{escaped}}/cmdline').read().startswith('{marker}'), 'it did not start'
+for _ in range(100):                      # until the detached process runs under its own name
+    try:
+        if open(f'/proc/{{escaped}}/cmdline').read().startswith('{marker}'):
+            break
+    except OSError:
+        pass
+    time.sleep(0.05)
+else:
+    raise AssertionError('it did not start')
 assert os.getuid() != 0, 'running as root'
-folder = os.open({str(secret.parent.parent)!r}, os.O_RDONLY)
+folder = os.open({str(outside)!r}, os.O_RDONLY)
 print(os.read(os.open('private/answers.txt', os.O_RDONLY, dir_fd=folder), 100))""")
-    (tmp_path / "subs").mkdir()
-    (tmp_path / "subs" / "fallback.ipynb").write_text(json.dumps(nb))
-    [result] = grade([tmp_path / "subs"], tmp_path / "out", timeout=TIMEOUT)
+        (tmp_path / "subs").mkdir()
+        (tmp_path / "subs" / "fallback.ipynb").write_text(json.dumps(nb))
+        [result] = grade([tmp_path / "subs"], tmp_path / "out", timeout=TIMEOUT)
+    finally:
+        shutil.rmtree(outside)
     assert result.status == "graded" and result.scores["q1"] == 2, (result.status, result.notes)
     errors = [note for note in result.notes if note.startswith("error in") and "spiral_model" not in note]
-    assert len(errors) == 1 and "PermissionError" in errors[0], errors     # not 'running as root'
+    assert len(errors) == 1 and "PermissionError" in errors[0] and "answers.txt" in errors[0], errors
     assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1, \
         "a process the submission detached outlived its grading"

@@ -94,15 +94,9 @@ def _run_submission(submission_nb: bytes, grader, timeout: float, memory_gb: flo
         **({"COURSE_DATA_DIR": str(dataset)} if dataset else {}),
     })
     prefix = sandboxes.isolation_prefix(sandbox, sandboxes.hidden_folders(forbidden, sandbox))
-    cgroups = sandboxes.submission_cgroups(f"course-grade-{os.getpid()}-{sandbox.name}", int(memory_gb * 2**30),
-                                           cpus=threads)
+    worker = [sys.executable, "-m", "course_utils.grading.worker", str(sandbox), str(notebook), *forbidden]
     user = sandboxes.unprivileged_user()       # without namespaces, as root: a user of its own
-    if user is not None:
-        for path in [sandbox, *sandbox.rglob("*")]:
-            os.chown(path, user, user)
-    command = sandboxes.limited(prefix + [sys.executable, "-m", "course_utils.grading.worker",
-                                          str(sandbox), str(notebook), *forbidden],
-                                int(memory_gb * 2**30), cgroups, user)
+    cgroups: list[Path] = []
     timed_out = threading.Event()
     running: list = []              # the sandbox's process, then the judge's
 
@@ -115,6 +109,14 @@ def _run_submission(submission_nb: bytes, grader, timeout: float, memory_gb: flo
     judge_log = scratch / f"judge-{sandbox.name}.txt"
     private = {"opener": lambda path, flags: os.open(path, flags, 0o600)}   # the grader's alone
     try:
+        cgroups = sandboxes.submission_cgroups(f"course-grade-{os.getpid()}-{sandbox.name}",
+                                               int(memory_gb * 2**30), cpus=threads)
+        if user is None:     # bubblewrap's own user; the launcher joins the cgroups before it starts
+            command = sandboxes.limited(prefix + worker, int(memory_gb * 2**30), cgroups)
+        else:                # `unshare -n` needs root: it runs first, then the launcher drops to `user`
+            for path in [sandbox, *sandbox.rglob("*")]:
+                os.chown(path, user, user)
+            command = prefix + sandboxes.limited(worker, int(memory_gb * 2**30), cgroups, user)
         with open(scratch / f"stderr-{sandbox.name}.txt", "wb", **private) as stderr, \
                 open(judge_log, "wb", **private) as log:
             student = sandboxes.start(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -132,6 +134,7 @@ def _run_submission(submission_nb: bytes, grader, timeout: float, memory_gb: flo
                 student.stdin.close()          # the judge holds the only ends now: when either side
                 student.stdout.close()         # ends, the other reads end-of-file and cannot hang
                 report = judge.report(MAX_REPORT_BYTES)
+                timer.cancel()                 # what follows is cleanup, not the submission's time
                 try:
                     student.wait(timeout=10)   # it leaves when the judge says goodbye
                 except subprocess.TimeoutExpired:
@@ -246,6 +249,13 @@ def grade(submissions, output_dir="grades", timeout: float = DEFAULT_TIMEOUT,
         echo(warning)
     forbidden = sorted({str(p.resolve().parent) for p in paths} | {str(output), str(Path(solutions).resolve())}
                        | {str(Path(h).resolve()) for h in hide})
+    if sandboxes.unprivileged_user() is not None:   # only the file system's permissions hide them now
+        output.chmod(0o700)
+        readable = [f for f in forbidden if Path(f).is_dir() and Path(f).stat().st_mode & 0o005]
+        if readable:
+            echo("WARNING: without bubblewrap, every user can read " + ", ".join(readable) + " (the "
+                 "submissions' own code included, past the audit hooks). Fix: chmod o-rwx on them, or "
+                 "install bubblewrap.")
     saved = {} if regrade else _load_saved(output / "results.json")
     students = _student_names(paths)
     done: dict[str, GradeResult] = {}

@@ -125,8 +125,8 @@ def results_json(result) -> dict:
                       "output": "\n".join(lines), "visibility": "visible"})
     if not tests:     # not graded at all (invalid notebook, time limit, broken sandbox)
         points = result.details.get("points", {})
-        tests = [{"name": question, "score": 0.0, "max_score": float(points.get(question, 0.0)), "output": "",
-                  "visibility": "visible"} for question in result.scores]
+        tests = [{"name": question, "score": 0.0, "max_score": float(points[question]), "output": "",
+                  "visibility": "visible"} for question in sorted(points)]
     return {"score": result.total, "output": feedback_text(result), "output_format": "md", "tests": tests,
             "stdout_visibility": "hidden"}
 
@@ -158,6 +158,8 @@ def run(root: Path, timeout: float = 600, memory_gb: float = 8, echo=print) -> d
                              scores={q: 0.0 for q in sorted(grader.tests)},
                              notes=[f"hand in exactly one .ipynb file (found: {found})"])
     result.details.setdefault("points", grader.points)
+    if result.details.get("judge_log"):     # Gradescope's log: instructors see it, students do not
+        echo("the judge gave no report; its log:\n" + result.details["judge_log"])
     results = results_json(result)
     write_text_atomic(root / "results" / "results.json", json.dumps(results, indent=1))
     return results

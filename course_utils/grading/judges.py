@@ -120,7 +120,7 @@ class JudgeServer:
         self.starts += 1
         mine, theirs = socket.socketpair()
         log_path = self.folder / f"judge-server-{self.starts}.txt"
-        with open(log_path, "wb") as log:
+        with open(log_path, "wb", opener=lambda path, flags: os.open(path, flags, 0o600)) as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", "import sys; from course_utils.grading import judges; judges.serve(int(sys.argv[1]))",
                  str(theirs.fileno())], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,

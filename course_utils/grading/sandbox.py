@@ -128,22 +128,22 @@ def hidden_folders(forbidden: list[str], sandbox: Path) -> list[Path]:
 
 
 def _make_cgroup(root: Path, name: str, settings: dict[str, str], optional=()) -> Path | None:
-    """A new cgroup below `root` with `settings` written into it (and those of `optional` whose
-    file exists), or None where it cannot be made (not root, no such controller)."""
+    """A new cgroup below `root` with `settings` written into it (those of `optional` where their
+    controller is there to take them), or None where it cannot be made (not root, no such
+    controller)."""
     group = root / name
     try:
         group.mkdir()
     except OSError:
         return None
-    try:
-        for file, value in settings.items():
-            if file in optional and not (group / file).exists():
-                continue
+    for file, value in settings.items():
+        try:
             (group / file).write_text(value)
-        return group
-    except OSError:
-        group.rmdir()
-        return None
+        except OSError:
+            if file not in optional:
+                group.rmdir()
+                return None
+    return group
 
 
 def submission_cgroups(name: str, memory_bytes: int, cpus: int = 0) -> list[Path]:
@@ -162,7 +162,7 @@ def submission_cgroups(name: str, memory_bytes: int, cpus: int = 0) -> list[Path
         settings = {"pids.max": str(MAX_PROCESSES), "memory.max": str(memory_bytes), "memory.swap.max": "0"}
         if cpus:
             settings["cpu.max"] = f"{cpus * period} {period}"
-        group = _make_cgroup(CGROUP_ROOT, name, settings, optional=("memory.swap.max",))
+        group = _make_cgroup(CGROUP_ROOT, name, settings, optional=("memory.max", "memory.swap.max", "cpu.max"))
         return [group] if group is not None else []
     groups = [_make_cgroup(CGROUP_ROOT / "pids", name, {"pids.max": str(MAX_PROCESSES)}),
               _make_cgroup(CGROUP_ROOT / "memory", name, {"memory.limit_in_bytes": str(memory_bytes),
@@ -221,7 +221,7 @@ def limited(command: list[str], memory_bytes: int, cgroups: list[Path], user: in
             os.pathsep.join(map(str, cgroups)), "" if user is None else str(user), *command]
 
 
-_USERS = itertools.count()
+_USERS = itertools.count(os.getpid())    # two graders at once start at different ids
 
 
 def unprivileged_user() -> int | None:
@@ -231,14 +231,28 @@ def unprivileged_user() -> int | None:
     submission can signal or read another. None elsewhere (bubblewrap maps its own user)."""
     if isolation() == "namespaces" or not hasattr(os, "geteuid") or os.geteuid() != 0 or not _user_can_run():
         return None
-    return SANDBOX_UID + 1 + next(_USERS) % 999
+    import pwd
+
+    while True:
+        user = SANDBOX_UID + 1 + next(_USERS) % 183      # 61001-61183: below systemd's dynamic users
+        try:
+            pwd.getpwuid(user)                            # a real account: not ours to use
+        except KeyError:
+            return user
 
 
 @functools.lru_cache(maxsize=None)
 def _user_can_run() -> bool:
     """Whether an unprivileged user can run this Python and import the course package (not where
     they live in a folder only root may enter, such as /root)."""
-    probe = limited([sys.executable, "-c", "import course_utils.grading.worker"], 8 * 2**30, [], SANDBOX_UID)
+    from ..data import find_fashion_mnist
+
+    dataset = find_fashion_mnist()
+    check = ("import os, sys, tempfile, course_utils.grading.worker\n"
+             "assert os.access(tempfile.gettempdir(), os.X_OK)\n"       # where the grader's scratch folder is
+             "for name in os.listdir(sys.argv[1]) if sys.argv[1] else []:\n"
+             "    open(os.path.join(sys.argv[1], name), 'rb').close()\n")   # the dataset the lessons load
+    probe = limited([sys.executable, "-c", check, str(dataset or "")], 8 * 2**30, [], SANDBOX_UID)
     try:
         return subprocess.run(probe, capture_output=True, timeout=120, cwd="/").returncode == 0
     except (OSError, subprocess.TimeoutExpired):
@@ -247,14 +261,20 @@ def _user_can_run() -> bool:
 
 def kill_user_processes(user: int) -> None:
     """Kill every process of `user` (a sandbox's detached leftovers, where no PID namespace
-    ends them)."""
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            uid = next(line.split()[1] for line in status.read_text().splitlines() if line.startswith("Uid:"))
-            if int(uid) == user:
-                os.kill(int(status.parent.name), signal.SIGKILL)
-        except (OSError, StopIteration, ValueError):
-            continue
+    ends them), again until none is left (one may fork while the others die)."""
+    for _ in range(100):
+        found = 0
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                uid = next(line.split()[1] for line in status.read_text().splitlines() if line.startswith("Uid:"))
+                if int(uid) == user:
+                    os.kill(int(status.parent.name), signal.SIGKILL)
+                    found += 1
+            except (OSError, StopIteration, ValueError):
+                continue
+        if not found:
+            return
+        time.sleep(0.05)
 
 
 _RUNNING: set = set()          # sandboxes and judges running now, stopped together on Ctrl-C
