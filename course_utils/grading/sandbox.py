@@ -45,6 +45,9 @@ def bwrap(sandbox: Path, hidden: list[Path]) -> list[str]:
     command = ["bwrap", "--unshare-all", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
                "--die-with-parent", "--new-session", "--ro-bind", "/", "/",
                "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for path in needed_paths():               # a course cloned into /tmp still runs (read-only)
+        if Path("/tmp") in path.parents:
+            command += ["--ro-bind", str(path), str(path)]
     for folder in hidden:
         command += ["--tmpfs", str(folder)]
     command += ["--bind", str(sandbox), str(sandbox), "--chdir", str(sandbox)]
@@ -103,17 +106,23 @@ def isolation_warning() -> str | None:
             "Install it (Debian/Ubuntu: apt-get install bubblewrap) and grade on Linux for the full sandbox.")
 
 
-def hidden_folders(forbidden: list[str], sandbox: Path) -> list[Path]:
-    """The instructor's folders to blank out in the sandbox's view, except any that holds what
-    the worker itself must run (Python, the course package, the dataset). A folder that holds the
-    sandbox is blanked out too (the grader's scratch folder, with the other submissions in it):
-    bwrap mounts the sandbox back into the blank after it."""
+def needed_paths() -> list[Path]:
+    """What the worker must see to run: Python, the venv, the course package, the dataset."""
     from ..data import find_fashion_mnist
 
     needed = [Path(sys.prefix).resolve(), Path(sys.executable).resolve(), Path(__file__).resolve().parents[1]]
     dataset = find_fashion_mnist()
     if dataset:
         needed.append(Path(dataset).resolve())
+    return needed
+
+
+def hidden_folders(forbidden: list[str], sandbox: Path) -> list[Path]:
+    """The instructor's folders to blank out in the sandbox's view, except any that holds what
+    the worker itself must run (Python, the course package, the dataset). A folder that holds the
+    sandbox is blanked out too (the grader's scratch folder, with the other submissions in it):
+    bwrap mounts the sandbox back into the blank after it."""
+    needed = needed_paths()
     candidates = [Path(p) for p in forbidden] + [REPO_ROOT / name for name in ("solutions", "tests", ".git", "exercises")]
     hidden: list[Path] = []
     for folder in sorted({c.resolve() for c in candidates}, key=lambda c: len(c.parts)):
