@@ -99,6 +99,22 @@ def test_other_submissions_are_invisible_wherever_the_scratch_folder_is(tmp_path
         shutil.rmtree(scratch)
 
 
+@needs_namespaces
+def test_what_the_worker_needs_stays_visible_when_it_lies_in_tmp(tmp_path, monkeypatch):
+    """A course cloned into /tmp: the sandbox's /tmp is empty, but its venv and package are bound
+    back into it, read-only."""
+    needed = tmp_path / "venv"
+    needed.mkdir()
+    (needed / "python.txt").write_text("here")
+    monkeypatch.setattr(grading, "needed_paths", lambda: [needed])
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    command = grading.bwrap(sandbox, []) + ["/bin/sh", "-c", f"cat {needed / 'python.txt'}; "
+                                            f"echo x > {needed / 'new.txt'} 2>/dev/null || echo ' read-only'"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=sandbox)
+    assert done.stdout == "here read-only\n", (done.stdout, done.stderr)
+
+
 def cgroups_or_skip(controller):
     groups = grading.submission_cgroups(f"course-test-{uuid.uuid4().hex[:8]}", 2 * 2**30)
     if not any(controller in str(group) or (group / f"{controller}.max").exists() for group in groups):
