@@ -74,6 +74,29 @@ def with_cell(nb, source, position=None):
     return nb
 
 
+def detach(marker):
+    """A cell that starts a detached process named `marker` with no audit event at all (below
+    Python's subprocess module) and waits until it runs."""
+    return f"""
+import os, time, _posixsubprocess
+read_end, write_end = os.pipe()
+arguments = ([b'/bin/bash', b'-c', b'exec -a {marker} sleep 600'], [b'/bin/bash'], True, (write_end,),
+             None, None, -1, -1, -1, -1, -1, -1, read_end, write_end, True, True, -1, None, None, None, -1, None)
+try:
+    escaped = _posixsubprocess.fork_exec(*arguments, False)
+except TypeError:                       # the signature of Python versions without the vfork flag
+    escaped = _posixsubprocess.fork_exec(*arguments)
+for _ in range(100):                    # until the detached process runs under its own name
+    try:
+        if open(f'/proc/{{escaped}}/cmdline').read().startswith('{marker}'):
+            break
+    except OSError:
+        pass
+    time.sleep(0.05)
+else:
+    raise AssertionError('it did not start')"""
+
+
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
     root = tmp_path_factory.mktemp("grading")
@@ -180,25 +203,7 @@ try:
 except Exception as err:
     print(err)""")
     if PID_NAMESPACE:  # below Python's audit hooks: only the OS sandbox stands in the way
-        notebooks["escapes_below_python"] = with_cell(with_cell(q1, f"""
-import os, _posixsubprocess
-read_end, write_end = os.pipe()         # a detached process started with no audit event at all
-arguments = ([b'/bin/bash', b'-c', b'exec -a {ESCAPE_MARKER} sleep 600'], [b'/bin/bash'], True, (write_end,),
-             None, None, -1, -1, -1, -1, -1, -1, read_end, write_end, True, True, -1, None, None, None, -1, None)
-try:
-    escaped = _posixsubprocess.fork_exec(*arguments, False)
-except TypeError:                       # the signature of Python versions without the vfork flag
-    escaped = _posixsubprocess.fork_exec(*arguments)
-import time
-for _ in range(100):                    # until the detached process runs under its own name
-    try:
-        if open(f'/proc/{{escaped}}/cmdline').read().startswith('{ESCAPE_MARKER}'):
-            break
-    except OSError:
-        pass
-    time.sleep(0.05)
-else:
-    raise AssertionError('it did not start')"""), f"""
+        notebooks["escapes_below_python"] = with_cell(with_cell(q1, detach(ESCAPE_MARKER)), f"""
 import os
 folder = os.open({str(SOLUTIONS_DIR.parent)!r}, os.O_RDONLY)   # not the instructor's folder itself
 print(os.read(os.open('solutions/{SOLUTION.name}', os.O_RDONLY, dir_fd=folder), 200))""")
@@ -565,24 +570,8 @@ def test_without_namespaces_a_sandbox_runs_as_a_user_of_its_own(kind, tmp_path, 
         secret.write_text("the hidden tests")
         secret.parent.chmod(0o700)
         marker = f"course-fallback-{uuid.uuid4().hex}"
-        nb = with_cell(answered(q1=ANSWERS["q1"]), f"""
-import os, time, _posixsubprocess
-read_end, write_end = os.pipe()
-arguments = ([b'/bin/bash', b'-c', b'exec -a {marker} sleep 600'], [b'/bin/bash'], True, (write_end,),
-             None, None, -1, -1, -1, -1, -1, -1, read_end, write_end, True, True, -1, None, None, None, -1, None)
-try:
-    escaped = _posixsubprocess.fork_exec(*arguments, False)
-except TypeError:
-    escaped = _posixsubprocess.fork_exec(*arguments)
-for _ in range(100):                      # until the detached process runs under its own name
-    try:
-        if open(f'/proc/{{escaped}}/cmdline').read().startswith('{marker}'):
-            break
-    except OSError:
-        pass
-    time.sleep(0.05)
-else:
-    raise AssertionError('it did not start')
+        nb = with_cell(with_cell(answered(q1=ANSWERS["q1"]), detach(marker)), f"""
+import os
 assert os.getuid() != 0, 'running as root'
 folder = os.open({str(outside)!r}, os.O_RDONLY)
 print(os.read(os.open('private/answers.txt', os.O_RDONLY, dir_fd=folder), 100))""")
